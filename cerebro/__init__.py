@@ -1,0 +1,38 @@
+"""cerebro: deep-learning model selection with model hopper parallelism (MOP).
+
+Only public names live here, resolved lazily on first use: ``import cerebro`` imports neither
+TensorFlow nor pandas, and ``cerebro.core`` stays importable on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LocalBackend": ".backends.local",
+    "Store": ".storage", "LocalStore": ".storage",
+    "KerasEstimator": ".frameworks.keras",
+    "GridSearch": ".selection", "RandomSearch": ".selection",
+    "hp_choice": ".space", "hp_uniform": ".space", "hp_loguniform": ".space",
+    "hp_quniform": ".space", "hp_qloguniform": ".space", "hp_randint": ".space",
+    "ModelSelectionResult": ".result", "TrainedModel": ".result", "load_model": ".result",
+    "CerebroError": ".errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cerebro' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

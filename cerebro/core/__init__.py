@@ -1,0 +1,1 @@
+"""The pure core of cerebro: no TensorFlow, Spark, hyperopt or file system here."""

@@ -1,0 +1,1 @@
+"""Search drivers: they decide, the engine acts."""

@@ -1,0 +1,89 @@
+"""The search-driver interface: drivers propose configurations and decide, the engine acts.
+
+A driver is pure: it never touches storage, workers or time.  The engine calls it from its
+single loop, so no method needs to be thread-safe or may block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..space import Dimension
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Train the model for another epoch."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """End the model now (at this epoch boundary)."""
+
+    reason: str = ""
+
+
+Decision = Continue | Stop
+
+
+class SearchDriver:
+    """Base class of search algorithms.
+
+    Call order, all from the engine loop:
+    ``bind`` once; then ``suggest`` whenever the engine has room (at start and each time a
+    model ends); ``on_epoch_end`` after every evaluated epoch of every model;
+    ``on_model_failed`` when a configuration could not be built or trained.
+    """
+
+    def __init__(self) -> None:
+        self.space: dict[str, Dimension] = {}
+        self.rng: np.random.Generator = np.random.default_rng(0)
+        self.num_workers = 1
+
+    def bind(self, space: Mapping[str, Dimension], rng: np.random.Generator, num_workers: int) -> None:
+        """Give the driver its search space, its random generator and the worker count."""
+        self.space = dict(space)
+        self.rng = rng
+        self.num_workers = num_workers
+
+    def suggest(self, num_active: int) -> list[dict[str, Any]] | None:
+        """New configurations to start now ([] for none now); ``None`` once it will never propose again."""
+        raise NotImplementedError
+
+    def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Decision:
+        """Decide after ``epoch`` (1-based) of ``model_id``, given its train_/val_ metrics."""
+        raise NotImplementedError
+
+    def on_model_added(self, model_id: str, params: Mapping[str, Any]) -> None:
+        """The engine created ``model_id`` for ``params`` (in the order they were suggested)."""
+
+    def on_model_failed(self, model_id: str | None, params: Mapping[str, Any], error: str) -> None:
+        """A configuration failed (``model_id`` is None when even building it failed)."""
+
+    def total_sub_epochs(self, num_partitions: int) -> int | None:
+        """The number of training sub-epochs the search will run, when known in advance (for progress)."""
+        return None
+
+
+class FixedEpochsDriver(SearchDriver):
+    """A driver over a fixed list of configurations, each trained for ``num_epochs``."""
+
+    def __init__(self, num_epochs: int) -> None:
+        super().__init__()
+        self.num_epochs = num_epochs
+        self._proposed = False
+
+    def configurations(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def suggest(self, num_active: int) -> list[dict[str, Any]] | None:
+        if self._proposed:
+            return None
+        self._proposed = True
+        return self.configurations()
+
+    def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Decision:
+        return Continue() if epoch < self.num_epochs else Stop("finished")

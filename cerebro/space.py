@@ -1,0 +1,217 @@
+"""Search-space dimensions (``hp_*``): frozen dataclasses that validate at construction.
+
+Every random draw takes a ``numpy.random.Generator`` from the caller; nothing here touches a
+global random state (the original Cerebro seeded every dimension with the same constant, so
+dimensions were perfectly correlated).  ``low`` and ``high`` of the log-uniform dimensions
+are the values themselves (1e-4, 1e-1), never exponents.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = [
+    "Dimension", "Choice", "Uniform", "LogUniform", "QUniform", "QLogUniform", "RandInt",
+    "hp_choice", "hp_uniform", "hp_loguniform", "hp_quniform", "hp_qloguniform", "hp_randint",
+    "validate_space", "grid", "sample",
+]
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"The '{name}' bound must be a number. Got {value!r} instead.")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"The '{name}' bound must be finite. Got {value!r} instead.")
+    return float(value)
+
+
+def _check_range(kind: str, low: float, high: float) -> None:
+    if not low < high:
+        raise ValueError(f"{kind} needs low < high. Got low={low!r}, high={high!r}.")
+
+
+class Dimension:
+    """One dimension of a search space."""
+
+    def sample(self, rng: np.random.Generator) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def is_continuous(self) -> bool:
+        return not isinstance(self, Choice)
+
+
+@dataclass(frozen=True)
+class Choice(Dimension):
+    values: tuple
+
+    def __post_init__(self) -> None:
+        if len(self.values) == 0:
+            raise ValueError("hp_choice needs at least one value. Got an empty sequence.")
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+
+@dataclass(frozen=True)
+class Uniform(Dimension):
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _check_range("hp_uniform", _finite("low", self.low), _finite("high", self.high))
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return float(rng.uniform(self.low, self.high))
+
+
+@dataclass(frozen=True)
+class LogUniform(Dimension):
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        low, high = _finite("low", self.low), _finite("high", self.high)
+        if low <= 0 or high <= 0:
+            raise ValueError(
+                "hp_loguniform needs positive bounds (they are the values, e.g. 1e-4 and 1e-1, "
+                f"not exponents). Got low={self.low!r}, high={self.high!r}."
+            )
+        _check_range("hp_loguniform", low, high)
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+
+
+def _check_q(kind: str, q: Any) -> float:
+    q = _finite("q", q)
+    if q <= 0:
+        raise ValueError(f"{kind} needs q > 0. Got q={q!r}.")
+    return q
+
+
+def _quantize(value: float, q: float, low: float, high: float) -> float:
+    # hyperopt's definition: round(x / q) * q, kept inside [low, high] so bounds are honoured.
+    out = round(value / q) * q
+    while out < low - 1e-12:
+        out += q
+    while out > high + 1e-12:
+        out -= q
+    return float(out)
+
+
+@dataclass(frozen=True)
+class QUniform(Dimension):
+    low: float
+    high: float
+    q: float
+
+    def __post_init__(self) -> None:
+        _check_range("hp_quniform", _finite("low", self.low), _finite("high", self.high))
+        _check_q("hp_quniform", self.q)
+
+    def sample(self, rng: np.random.Generator) -> float:
+        return _quantize(float(rng.uniform(self.low, self.high)), self.q, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class QLogUniform(Dimension):
+    low: float
+    high: float
+    q: float
+
+    def __post_init__(self) -> None:
+        low, high = _finite("low", self.low), _finite("high", self.high)
+        if low <= 0 or high <= 0:
+            raise ValueError(
+                f"hp_qloguniform needs positive bounds (values, not exponents). Got low={self.low!r}, high={self.high!r}."
+            )
+        _check_range("hp_qloguniform", low, high)
+        _check_q("hp_qloguniform", self.q)
+
+    def sample(self, rng: np.random.Generator) -> float:
+        value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return _quantize(value, self.q, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class RandInt(Dimension):
+    """An integer in [low, high) (hyperopt's ``randint`` convention)."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        for name, v in (("low", self.low), ("high", self.high)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"hp_randint's '{name}' must be an int. Got {v!r} instead.")
+        _check_range("hp_randint", self.low, self.high)
+
+    def sample(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.low, self.high))
+
+
+def hp_choice(values) -> Choice:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"hp_choice takes a sequence of values. Got {values!r} instead.")
+    return Choice(tuple(values))
+
+
+def hp_uniform(low, high) -> Uniform:
+    return Uniform(low, high)
+
+
+def hp_loguniform(low, high) -> LogUniform:
+    return LogUniform(low, high)
+
+
+def hp_quniform(low, high, q) -> QUniform:
+    return QUniform(low, high, q)
+
+
+def hp_qloguniform(low, high, q) -> QLogUniform:
+    return QLogUniform(low, high, q)
+
+
+def hp_randint(low, high) -> RandInt:
+    return RandInt(low, high)
+
+
+def validate_space(space: Any, *, owner: str, grid_only: bool = False) -> dict[str, Dimension]:
+    """Check a search space given by a user; return it as a plain dict in sorted-key order."""
+    if not isinstance(space, Mapping):
+        raise TypeError(f"The 'search_space' parameter of {owner} must be a dict of name -> hp_* dimension. Got {type(space).__name__} instead.")
+    if not space:
+        raise ValueError(f"The 'search_space' parameter of {owner} is empty: give at least one dimension.")
+    out: dict[str, Dimension] = {}
+    for name in sorted(space):
+        dim = space[name]
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"Search space keys must be non-empty strings. Got {name!r}.")
+        if not isinstance(dim, Dimension):
+            raise TypeError(
+                f"Search space dimension {name!r} of {owner} must be an hp_* dimension (e.g. hp_choice([...])). Got {dim!r}."
+            )
+        if grid_only and not isinstance(dim, Choice):
+            raise ValueError(
+                f"{owner} accepts only hp_choice dimensions; {name!r} is {type(dim).__name__}. "
+                "Use RandomSearch or TPESearch for continuous dimensions."
+            )
+        out[name] = dim
+    return out
+
+
+def grid(space: Mapping[str, Choice]) -> list[dict[str, Any]]:
+    """The product of every hp_choice dimension, keys in sorted order, last key varying fastest."""
+    names = sorted(space)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(space[n].values for n in names))]
+
+
+def sample(space: Mapping[str, Dimension], rng: np.random.Generator) -> dict[str, Any]:
+    """One configuration, each dimension drawn in sorted-key order from the same generator."""
+    return {name: space[name].sample(rng) for name in sorted(space)}
