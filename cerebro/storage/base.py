@@ -1,0 +1,279 @@
+"""The Store interface: where an experiment's data, checkpoints and logs live.
+
+A Store is a small interface in the style of fsspec's ``AbstractFileSystem``:
+a handful of required primitives (``read_bytes``, ``write_bytes``, ``exists``,
+``listdir``, ``delete``, ``rename``, ``makedirs``, ``file_size``, ``isdir``,
+``arrow_filesystem``, ``url``) and helpers derived from them (``read_json``,
+``write_json``, ``size``, ``local_path``). Path *naming* lives in the pure
+module :mod:`cerebro.storage.layout`; this module only moves bytes.
+
+Paths given to a Store are relative, ``'/'``-separated and resolved under the
+store's prefix. ``''`` names the prefix itself. Absolute paths and ``'..'``
+components are refused with ``ValueError`` so that nothing an experiment does
+can reach outside its store.
+
+Stores are sent to worker processes, so every implementation must be picklable
+(plain attributes only: no open handles, no clients; create those lazily).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from cerebro.errors import CerebroError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pyarrow.fs
+
+logger = logging.getLogger(__name__)
+
+# Temporary names used while writing. A name that starts with '.' and contains
+# this marker is never returned by ``listdir``: readers that list a directory
+# must not see a file or directory that is still being written.
+_TEMP_MARKER = ".tmp-"
+
+
+class _StoreFileNotFoundError(CerebroError, FileNotFoundError):
+    """A store path that was expected to exist does not.
+
+    Both a :class:`CerebroError` and a :class:`FileNotFoundError`, so callers
+    may catch either. Private on purpose: the public error surface is
+    ``CerebroError``.
+    """
+
+
+class _StoreFileExistsError(CerebroError, FileExistsError):
+    """A rename target that must not exist does (e.g. a directory another process published)."""
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a child name is an in-progress temporary (hidden from ``listdir``)."""
+    return name.startswith(".") and _TEMP_MARKER in name
+
+
+def temp_sibling(path: str) -> str:
+    """A unique temporary path next to ``path`` (same directory, so a rename is atomic).
+
+    Pure; never touches the store. Used by ``write_bytes`` implementations.
+    """
+    parent, _, name = path.rpartition("/")
+    tmp = f".{name}{_TEMP_MARKER}{uuid.uuid4().hex}"
+    return f"{parent}/{tmp}" if parent else tmp
+
+
+def normalize_path(path: str, *, allow_root: bool = True) -> str:
+    """Validate and normalise a store-relative path; return it without '.' or empty parts.
+
+    Raises ``ValueError`` for absolute paths, ``'..'`` components, NUL bytes,
+    non-strings, and (unless ``allow_root``) for the store root ``''``.
+    Pure and idempotent.
+    """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise ValueError(f"store paths must be str, got {type(path).__name__}: {path!r}")
+    if "\x00" in path:
+        raise ValueError(f"store path {path!r} contains a NUL byte")
+    if path.startswith("/") or path.startswith("\\") or (len(path) > 1 and path[1] == ":"):
+        raise ValueError(
+            f"store path {path!r} is absolute; store paths are relative to the store's prefix, "
+            "e.g. 'experiments/my-exp/journal.jsonl'"
+        )
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"store path {path!r} contains '..'; paths may not escape the store's prefix")
+    norm = "/".join(parts)
+    if not norm and not allow_root:
+        raise ValueError(
+            f"store path {path!r} names the store's root; this operation needs a file or directory under it"
+        )
+    return norm
+
+
+class Store(abc.ABC):
+    """Where an experiment's data, checkpoints and logs live.
+
+    Paths are relative, '/'-separated, under the store's prefix.
+
+    Implementations provide the abstract primitives; everything else is derived.
+    All methods may block on I/O; none of them retries. Every method is safe to
+    call concurrently from several processes on the same store, within the
+    guarantees stated per method (atomic ``write_bytes`` and ``rename``).
+    """
+
+    # ------------------------------------------------------------------ required
+
+    @abc.abstractmethod
+    def read_bytes(self, path: str) -> bytes:
+        """Return the whole content of the file at ``path``.
+
+        Raises a ``CerebroError`` that is also a ``FileNotFoundError`` naming
+        the path when it does not exist.
+        """
+
+    @abc.abstractmethod
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` atomically, replacing any existing file.
+
+        Implementations write to a unique temporary name in the same directory
+        (:func:`temp_sibling`), flush and fsync it, then rename it over the
+        target, so a reader sees either the old content or the new, never a
+        partial file. Parent directories are created. Idempotent for equal data.
+        """
+
+    @abc.abstractmethod
+    def exists(self, path: str) -> bool:
+        """Whether a file or directory exists at ``path`` (``''``: the root)."""
+
+    @abc.abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """Child names of the directory ``path``, sorted; ``[]`` if it is missing or a file.
+
+        In-progress temporary entries (see :func:`is_temp_name`) are left out.
+        """
+
+    @abc.abstractmethod
+    def delete(self, path: str) -> None:
+        """Delete the file or directory (recursively) at ``path``; a missing path is fine.
+
+        Idempotent. Refuses the store root.
+        """
+
+    @abc.abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` (a file or a directory) to ``dst`` atomically.
+
+        Used to publish a whole directory that was written under a temporary
+        name. A file ``dst`` is replaced. If ``dst`` is an existing directory,
+        raises a ``CerebroError`` that is also a ``FileExistsError`` and leaves
+        both paths as they were: the caller lost a publish race. A missing
+        ``src`` raises the not-found error. Parent directories of ``dst`` are
+        created.
+        """
+
+    @abc.abstractmethod
+    def makedirs(self, path: str) -> None:
+        """Create the directory ``path`` and its parents; existing is fine."""
+
+    @abc.abstractmethod
+    def file_size(self, path: str) -> int:
+        """Size in bytes of the file at ``path``; the not-found error if missing."""
+
+    @abc.abstractmethod
+    def isdir(self, path: str) -> bool:
+        """Whether ``path`` is an existing directory."""
+
+    @abc.abstractmethod
+    def arrow_filesystem(self) -> tuple["pyarrow.fs.FileSystem", str]:
+        """A pyarrow file system and the absolute root path of this store on it.
+
+        For ``pyarrow.parquet`` reads and writes: the store path ``p`` is
+        ``root + '/' + p`` on ``fs``. Implementations import pyarrow lazily.
+        """
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str:
+        """The store's prefix as a URL, e.g. ``'file:///abs/path'``."""
+
+    # ------------------------------------------------------------------ derived
+
+    def read_json(self, path: str) -> Any:
+        """Parse the JSON file at ``path``. Raises ``CerebroError`` naming the path on bad JSON."""
+        raw = self.read_bytes(path)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CerebroError(f"store file {path!r} in {self.url} is not valid JSON: {exc}") from exc
+
+    def write_json(self, path: str, obj: Any) -> None:
+        """Write ``obj`` as JSON (sorted keys, indent=1) atomically to ``path``.
+
+        The output is deterministic for equal objects, so concurrent writers of
+        the same object are harmless.
+        """
+        text = json.dumps(obj, sort_keys=True, indent=1, allow_nan=False)
+        self.write_bytes(path, (text + "\n").encode("utf-8"))
+
+    def size(self, path: str = "") -> int:
+        """Total bytes of the files under ``path`` (or of the file itself); 0 if missing.
+
+        The default walks ``listdir``/``isdir``/``file_size``; implementations
+        may override it with something faster. Temporary entries are not counted.
+        """
+        path = normalize_path(path)
+        if not self.exists(path):
+            return 0
+        if not self.isdir(path):
+            return self.file_size(path)
+        total = 0
+        for name in self.listdir(path):
+            child = f"{path}/{name}" if path else name
+            try:
+                total += self.size(child)
+            except FileNotFoundError:
+                # Deleted while we walked: it no longer counts.
+                pass
+        return total
+
+    def local_path(self, path: str = "") -> str | None:
+        """Absolute local file-system path of ``path`` when the store is local, else ``None``."""
+        normalize_path(path)
+        return None
+
+    # ------------------------------------------------------------------ factory
+
+    @staticmethod
+    def create(url_or_path: str | os.PathLike[str]) -> "Store":
+        """Build the Store implementation for a URL or a plain path.
+
+        ``'file:///x'`` or a bare path gives a :class:`~cerebro.storage.local.LocalStore`.
+        ``'hdfs://...'`` raises ``CerebroError`` (not supported yet). Any other
+        scheme raises ``ValueError`` naming it and the supported ones.
+        Implementations are imported lazily, so optional dependencies of one
+        store never break another.
+        """
+        if isinstance(url_or_path, Store):
+            return url_or_path
+        if isinstance(url_or_path, os.PathLike):
+            url_or_path = os.fspath(url_or_path)
+        if not isinstance(url_or_path, str):
+            raise TypeError(
+                f"Store.create() takes a URL or a path (str or os.PathLike), got {type(url_or_path).__name__}"
+            )
+        if not url_or_path.strip():
+            raise ValueError("Store.create() got an empty URL; pass a directory path or a 'file://' URL")
+        scheme = urlsplit(url_or_path).scheme.lower()
+        # A one-letter "scheme" is a Windows drive letter, i.e. a plain path.
+        if scheme in ("", "file") or len(scheme) == 1:
+            from cerebro.storage.local import LocalStore
+
+            return LocalStore(url_or_path)
+        if scheme in ("hdfs", "viewfs"):
+            raise CerebroError(
+                f"HDFS stores are not supported yet: cannot open {url_or_path!r}. "
+                "Use a LocalStore on a directory that every worker can see (e.g. an NFS mount) for now."
+            )
+        raise ValueError(
+            f"unsupported store URL scheme {scheme!r} in {url_or_path!r}; "
+            "supported: 'file://' URLs or plain paths (LocalStore), 'hdfs://' (coming later)"
+        )
+
+    # ------------------------------------------------------------------ misc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.url == other.url  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.url))
