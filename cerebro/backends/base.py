@@ -1,0 +1,108 @@
+"""The backend interface: where MOP workers run.
+
+A backend starts one worker per partition, hands each worker one task at a time, and reports
+what happened.  It never decides anything: the engine's loop is its only caller.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker needs to start: the store, the prepared data and its own partition.
+
+    ``prepared`` is :meth:`cerebro.data.PreparedData.to_dict` output (plain, picklable).
+    ``threads`` bounds TensorFlow's thread pools in the worker (None: the backend decides).
+    ``log_dir`` is a local directory for the workers' stdout/stderr (None: inherit).
+    """
+
+    store: Any
+    prepared: dict
+    threads: int | None = None
+    log_dir: str | None = None
+
+    def key(self) -> tuple:
+        return (self.store.url, self.prepared["key"], self.threads)
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    worker: int
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    worker: int
+    task_id: int
+    result: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    worker: int
+    task_id: int
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerDied:
+    """The worker is gone (process exit, executor loss, failed start-up)."""
+
+    worker: int
+    reason: str = ""
+
+
+BackendEvent = Union[WorkerReady, TaskDone, TaskFailed, WorkerDied]
+
+
+class Backend(abc.ABC):
+    """Runs MOP workers.  Not thread-safe: one engine drives it."""
+
+    num_workers: int
+    start_timeout: float
+
+    @abc.abstractmethod
+    def start(self, setup: WorkerSetup) -> None:
+        """Start (or reuse, when ``setup.key()`` matches the running ones) one worker per partition.
+
+        Non-blocking: each worker announces itself with :class:`WorkerReady` through :meth:`wait`.
+        """
+
+    @abc.abstractmethod
+    def submit(self, worker: int, task_id: int, task: dict) -> None:
+        """Hand ``task`` to an idle, ready ``worker``.  Non-blocking."""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None) -> list[BackendEvent]:
+        """Block until at least one event or ``timeout`` seconds; may return []."""
+
+    @abc.abstractmethod
+    def restart(self, worker: int) -> None:
+        """Start a replacement for a worker that died.  Non-blocking, like :meth:`start`."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop every worker.  Idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_num_workers(owner: str, num_workers: Any) -> int:
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"The 'num_workers' parameter of {owner} must be an int >= 1. Got {num_workers!r} instead.")
+    return num_workers
+
+
+def check_timeout(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"The '{name}' parameter of {owner} must be a number of seconds > 0. Got {value!r} instead.")
+    return float(value)

@@ -1,0 +1,83 @@
+"""InlineBackend: runs every worker's tasks in the calling process, one at a time.
+
+A fake, not a mock (Horovod's CallbackBackend): the engine, the scheduler and the drivers run
+for real while tasks execute synchronously inside :meth:`wait`.  With a custom
+``runtime_factory`` the engine can be tested in milliseconds without TensorFlow; ``faults``
+injects worker deaths and task failures at chosen moments.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import deque
+from typing import Any, Callable
+
+from .base import Backend, BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup, check_num_workers
+
+
+def _default_runtime(setup: WorkerSetup, worker: int):
+    from ..worker import WorkerRuntime
+
+    return WorkerRuntime(setup.store, setup.prepared, worker, setup.threads)
+
+
+class InlineBackend(Backend):
+    """``faults(worker, task) -> None | "die" | "fail"`` is asked before every task runs."""
+
+    def __init__(
+        self,
+        num_workers: int = 2,
+        *,
+        runtime_factory: Callable[[WorkerSetup, int], Any] = _default_runtime,
+        faults: Callable[[int, dict], str | None] | None = None,
+        start_timeout: float = 120,
+    ) -> None:
+        self.num_workers = check_num_workers("InlineBackend", num_workers)
+        self.start_timeout = start_timeout
+        self.runtime_factory = runtime_factory
+        self.faults = faults
+        self._runtimes: dict[int, Any] = {}
+        self._queue: deque[tuple[int, int, dict]] = deque()
+        self._pending: list[BackendEvent] = []
+        self._setup: WorkerSetup | None = None
+        self.restarts = 0
+
+    def start(self, setup: WorkerSetup) -> None:
+        self._setup = setup
+        self._queue.clear()
+        for w in range(self.num_workers):
+            self._runtimes[w] = self.runtime_factory(setup, w)
+            self._pending.append(WorkerReady(w, None))
+
+    def restart(self, worker: int) -> None:
+        assert self._setup is not None
+        self.restarts += 1
+        self._runtimes[worker] = self.runtime_factory(self._setup, worker)
+        self._pending.append(WorkerReady(worker, None))
+
+    def submit(self, worker: int, task_id: int, task: dict) -> None:
+        self._queue.append((worker, task_id, task))
+
+    def wait(self, timeout: float | None) -> list[BackendEvent]:
+        if self._pending:
+            out, self._pending = self._pending, []
+            return out
+        if not self._queue:
+            return []
+        worker, task_id, task = self._queue.popleft()
+        fault = self.faults(worker, task) if self.faults else None
+        if fault == "die":
+            self._runtimes.pop(worker, None)
+            self._queue = deque(q for q in self._queue if q[0] != worker)
+            return [WorkerDied(worker, "injected fault")]
+        try:
+            if fault == "fail":
+                raise RuntimeError("injected failure")
+            result = self._runtimes[worker].run(task)
+        except Exception:
+            return [TaskFailed(worker, task_id, traceback.format_exc())]
+        return [TaskDone(worker, task_id, result)]
+
+    def close(self) -> None:
+        self._runtimes.clear()
+        self._queue.clear()

@@ -1,0 +1,258 @@
+"""LocalBackend: one long-lived OS process per worker on this machine (the embedded default).
+
+Each worker process is started with the ``spawn`` method, imports TensorFlow once, reads its
+own partitions once, and then trains sub-epochs on command over a pipe.  A process that dies
+(SIGKILL, OOM, segfault) shows up as a :class:`WorkerDied` event, never as a hang: the engine
+restarts it and retries the lost sub-epoch from the last committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import signal
+import traceback
+from typing import Any
+
+from .base import (
+    Backend, BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup,
+    check_num_workers, check_timeout,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _limit_native_threads(threads: int | None) -> None:
+    # Set before TensorFlow/numpy load their thread pools, so p workers share the cores.
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
+    """Entry point of a worker process (also used by tests).  Returns when the pipe closes."""
+    if setup.log_dir:
+        os.makedirs(setup.log_dir, exist_ok=True)
+        fd = os.open(os.path.join(setup.log_dir, f"worker-{worker}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _limit_native_threads(setup.threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker} %(name)s %(levelname)s %(message)s")
+    try:
+        from ..worker import WorkerRuntime
+
+        runtime = WorkerRuntime(setup.store, setup.prepared, worker, setup.threads)
+    except BaseException:
+        conn.send(("dead", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the driver went away: nothing left to do
+        if msg is None:
+            return
+        task_id, task = msg
+        try:
+            result = runtime.run(task)
+        except Exception:
+            reply = ("failed", task_id, traceback.format_exc())
+        else:
+            reply = ("done", task_id, result)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class LocalBackend(Backend):
+    """``LocalBackend(num_workers=2, *, start_timeout=120, threads_per_worker=None)``.
+
+    ``threads_per_worker`` bounds TensorFlow's thread pools in each worker; by default the
+    machine's cores are divided among the workers (at least one each), so two workers on a
+    2-core machine do not oversubscribe it.  Worker processes stay alive between ``fit`` calls
+    on the same data (TensorFlow stays imported) until :meth:`close` or the end of the ``with``
+    block.
+    """
+
+    def __init__(self, num_workers: int = 2, *, start_timeout: float = 120, threads_per_worker: int | None = None) -> None:
+        self.num_workers = check_num_workers("LocalBackend", num_workers)
+        self.start_timeout = check_timeout("LocalBackend", "start_timeout", start_timeout)
+        if threads_per_worker is not None:
+            if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
+                raise ValueError(
+                    f"The 'threads_per_worker' parameter of LocalBackend must be an int >= 1 or None. Got {threads_per_worker!r} instead."
+                )
+        self.threads_per_worker = threads_per_worker
+        self._ctx = mp.get_context("spawn")
+        self._procs: dict[int, Any] = {}
+        self._conns: dict[int, Any] = {}
+        self._ready: set[int] = set()
+        self._busy: dict[int, int] = {}
+        self._running: dict[int, dict] = {}
+        self._pending: list[BackendEvent] = []
+        self._setup: WorkerSetup | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(num_workers={self.num_workers})"
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_worker or max(1, (os.cpu_count() or 1) // self.num_workers)
+
+    def worker_pids(self) -> dict[int, int]:
+        """Process id of each running worker (for monitoring and fault-injection tests)."""
+        return {w: p.pid for w, p in self._procs.items() if p.is_alive()}
+
+    def running_tasks(self) -> dict[int, dict]:
+        """Worker -> the task it is running now (for monitoring and fault-injection tests)."""
+        return {w: self._running[w] for w in list(self._busy) if w in self._running}
+
+    # ------------------------------------------------------------------ Backend
+
+    def start(self, setup: WorkerSetup) -> None:
+        if setup.threads is None:
+            setup = WorkerSetup(setup.store, setup.prepared, self.threads, setup.log_dir)
+        reusable = (
+            self._setup is not None and self._setup.key() == setup.key() and not self._busy
+            and len(self._ready) == self.num_workers and all(p.is_alive() for p in self._procs.values())
+        )
+        if reusable:
+            # Same data, same store: keep the processes (TensorFlow imported, partitions cached).
+            self._pending.extend(WorkerReady(w, self._procs[w].pid) for w in range(self.num_workers))
+            return
+        self.close()
+        self._setup = setup
+        for w in range(self.num_workers):
+            self._spawn(w)
+
+    def _spawn(self, w: int) -> None:
+        assert self._setup is not None
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=worker_main, args=(child, w, self._setup), name=f"cerebro-worker-{w}", daemon=True)
+        proc.start()
+        child.close()
+        self._procs[w] = proc
+        self._conns[w] = parent
+
+    def restart(self, worker: int) -> None:
+        self._discard(worker)
+        self._spawn(worker)
+
+    def submit(self, worker: int, task_id: int, task: dict) -> None:
+        if worker not in self._ready:
+            raise RuntimeError(f"worker {worker} is not ready")
+        if worker in self._busy:
+            raise RuntimeError(f"worker {worker} is busy with task {self._busy[worker]}")
+        self._busy[worker] = task_id
+        self._running[worker] = task
+        try:
+            self._conns[worker].send((task_id, task))
+        except (BrokenPipeError, OSError):
+            pass  # its death is reported by wait() through the process sentinel
+
+    def wait(self, timeout: float | None) -> list[BackendEvent]:
+        if self._pending:
+            out, self._pending = self._pending, []
+            return out
+        waitables: dict[Any, tuple[str, int]] = {}
+        for w, conn in self._conns.items():
+            waitables[conn] = ("conn", w)
+            waitables[self._procs[w].sentinel] = ("proc", w)
+        if not waitables:
+            return []
+        events: list[BackendEvent] = []
+        dead: set[int] = set()
+        for obj in mpc.wait(list(waitables), timeout):
+            what, w = waitables[obj]
+            if w in dead:
+                continue
+            if what == "conn":
+                alive = self._drain(w, events)
+                if not alive:
+                    dead.add(w)
+            else:
+                self._drain(w, events)
+                dead.add(w)
+        for w in sorted(dead):
+            proc = self._procs.get(w)
+            reason = next((e.reason for e in events if isinstance(e, WorkerDied) and e.worker == w), None)
+            events = [e for e in events if not (isinstance(e, WorkerDied) and e.worker == w)]
+            if proc is not None:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=5)
+                exit_text = _describe_exit(proc.exitcode)
+            else:
+                exit_text = "gone"
+            events.append(WorkerDied(w, f"worker process {exit_text}" + (f":\n{reason}" if reason else "")))
+            self._discard(w)
+        return events
+
+    def _drain(self, w: int, events: list[BackendEvent]) -> bool:
+        """Read every message a worker sent; False when its pipe is closed."""
+        conn = self._conns[w]
+        try:
+            while conn.poll():
+                msg = conn.recv()
+                if msg[0] == "ready":
+                    self._ready.add(w)
+                    events.append(WorkerReady(w, msg[1]))
+                elif msg[0] == "done":
+                    self._busy.pop(w, None)
+                    events.append(TaskDone(w, msg[1], msg[2]))
+                elif msg[0] == "failed":
+                    self._busy.pop(w, None)
+                    events.append(TaskFailed(w, msg[1], msg[2]))
+                elif msg[0] == "dead":
+                    events.append(WorkerDied(w, msg[1]))
+                    return False
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _discard(self, w: int) -> None:
+        self._ready.discard(w)
+        self._busy.pop(w, None)
+        conn = self._conns.pop(w, None)
+        if conn is not None:
+            conn.close()
+        proc = self._procs.pop(w, None)
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+    def close(self) -> None:
+        # Ready, idle workers get a polite goodbye; the rest (starting or busy) are killed.
+        for w, conn in list(self._conns.items()):
+            if w in self._ready and w not in self._busy:
+                try:
+                    conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+        for w, proc in list(self._procs.items()):
+            if w in self._ready and w not in self._busy:
+                proc.join(timeout=5)
+        for w in list(self._procs):
+            self._discard(w)
+        self._pending = []
+        self._setup = None

@@ -1,0 +1,209 @@
+"""Read-only results of a model selection: ModelSelectionResult and TrainedModel."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import CerebroError
+
+_META = "cerebro.json"
+_SPEC = "spec.pkl"
+_KERAS = "model.keras"
+
+
+def frame_features(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Feature columns of a pandas DataFrame as float32 arrays ((n,) scalars, (n, d) arrays)."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"feature column(s) {missing} not found; the DataFrame has columns {list(df.columns)}")
+    out: dict[str, np.ndarray] = {}
+    for col in columns:
+        series = df[col]
+        if series.dtype == object:
+            try:
+                out[col] = np.stack([np.asarray(v, dtype=np.float32).reshape(-1) for v in series.to_numpy()])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"feature column {col!r} must hold numbers or fixed-length numeric arrays: {exc}") from None
+        else:
+            out[col] = series.to_numpy(dtype=np.float32)
+    return out
+
+
+@dataclass
+class TrainedModel:
+    """One trained configuration: its parameters, history and final state.
+
+    The Keras model is rebuilt lazily (``keras()``) from the spec and the last committed
+    checkpoint in the store, or comes from a saved directory (``load_model``).
+    """
+
+    model_id: str
+    params: dict[str, Any]
+    history: pd.DataFrame
+    feature_columns: tuple[str, ...]
+    label_columns: tuple[str, ...]
+    status: str = "completed"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _store: Any = field(default=None, repr=False)
+    _spec_path: str | None = field(default=None, repr=False)
+    _checkpoint: str | None = field(default=None, repr=False)
+    _spec: Any = field(default=None, repr=False)
+    _model: Any = field(default=None, repr=False)
+
+    def spec(self):
+        if self._spec is None:
+            if self._store is None or not self._spec_path:
+                raise CerebroError(f"model {self.model_id} has no stored spec (it failed before it was built)")
+            self._spec = pickle.loads(self._store.read_bytes(self._spec_path))
+        return self._spec
+
+    def keras(self):
+        """The trained ``keras.Model`` (compiled, with the final weights and optimizer state)."""
+        if self._model is None:
+            from .frameworks.keras import export_model
+
+            if not self._checkpoint:
+                raise CerebroError(f"model {self.model_id} has no checkpoint (status: {self.status})")
+            self._model = export_model(self.spec(), self._store.read_bytes(self._checkpoint))
+        return self._model
+
+    def _inputs(self, features: Any):
+        from .frameworks.keras import make_inputs
+
+        model = self.keras()
+        if isinstance(features, pd.DataFrame):
+            return make_inputs(model, frame_features(features, self.feature_columns), list(self.feature_columns))
+        if isinstance(features, Mapping):
+            return make_inputs(model, {k: np.asarray(v, dtype=np.float32) for k, v in features.items()}, list(self.feature_columns))
+        return features
+
+    def predict(self, features: Any, batch_size: int = 1024):
+        """Model outputs for a pandas DataFrame (feature columns), a dict of columns, or arrays."""
+        return self.keras().predict(self._inputs(features), batch_size=batch_size, verbose=0)
+
+    def transform(self, df):
+        """A copy of ``df`` with one ``<label>__output`` column per model output."""
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(
+                f"transform() takes a pandas DataFrame here. Got {type(df).__name__} instead."
+            )
+        outputs = self.predict(df)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        if len(outputs) != len(self.label_columns):
+            raise CerebroError(f"the model has {len(outputs)} outputs but {len(self.label_columns)} label columns {list(self.label_columns)}")
+        out = df.copy()
+        for label, values in zip(self.label_columns, outputs):
+            values = np.asarray(values)
+            if values.ndim == 2 and values.shape[1] == 1:
+                values = values[:, 0]
+            out[f"{label}__output"] = list(values) if values.ndim > 1 else values
+        return out
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the Keras model (``model.keras``), its spec and the provenance to directory ``path``."""
+        import keras
+
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        self.keras().save(os.path.join(path, _KERAS))
+        with open(os.path.join(path, _SPEC), "wb") as fh:
+            pickle.dump(self.spec(), fh)
+        meta = {
+            "model_id": self.model_id, "params": self.params, "status": self.status,
+            "feature_columns": list(self.feature_columns), "label_columns": list(self.label_columns),
+            "history": self.history.to_dict(orient="records"),
+            "provenance": {**self.provenance, "keras": keras.__version__, "numpy": np.__version__,
+                           "python": platform.python_version()},
+        }
+        with open(os.path.join(path, _META), "w") as fh:
+            json.dump(meta, fh, indent=1, default=repr)
+        return path
+
+
+def load_model(path: str | os.PathLike) -> TrainedModel:
+    """Read back a model written by :meth:`TrainedModel.save`."""
+    import keras
+
+    path = os.fspath(path)
+    meta_path = os.path.join(path, _META)
+    if not os.path.exists(meta_path):
+        raise CerebroError(f"{path!r} is not a saved cerebro model (no {_META} in it)")
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    with open(os.path.join(path, _SPEC), "rb") as fh:
+        spec = pickle.load(fh)
+    custom = getattr(spec, "custom_objects", None) or None
+    model = keras.models.load_model(os.path.join(path, _KERAS), custom_objects=custom)
+    return TrainedModel(
+        model_id=meta["model_id"], params=meta["params"], history=pd.DataFrame(meta["history"]),
+        feature_columns=tuple(meta["feature_columns"]), label_columns=tuple(meta["label_columns"]),
+        status=meta.get("status", "completed"), provenance=meta.get("provenance", {}), _spec=spec, _model=model,
+    )
+
+
+@dataclass
+class ModelSelectionResult:
+    """What ``fit`` returns.  ``best_*`` follow ``evaluation_metric`` and ``mode``."""
+
+    best_model_id: str
+    best_params: dict[str, Any]
+    best_score: float
+    models: dict[str, TrainedModel]
+    history: pd.DataFrame
+    visits: pd.DataFrame
+    failures: dict[str, str]
+    experiment_dir: str
+    evaluation_metric: str = "loss"
+    mode: str = "min"
+    evaluations: pd.DataFrame | None = None
+
+    @property
+    def best_model(self) -> TrainedModel:
+        return self.models[self.best_model_id]
+
+    def transform(self, df):
+        """``best_model.transform(df)``."""
+        return self.best_model.transform(df)
+
+    def plot_gantt(self, path: str | os.PathLike) -> str:
+        """Draw which model ran on which worker when (training sub-epochs solid, evaluations hatched, failures red)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = os.fspath(path)
+        frames = [self.visits.assign(kind="train")]
+        if self.evaluations is not None and len(self.evaluations):
+            frames.append(self.evaluations.assign(kind="eval"))
+        visits = pd.concat(frames, ignore_index=True)
+        t0 = visits["start"].min() if len(visits) else 0.0
+        ids = sorted(self.models)
+        cmap = plt.get_cmap("tab20")
+        colours = {m: cmap(i % 20) for i, m in enumerate(ids)}
+        workers = sorted(visits["worker"].unique()) if len(visits) else []
+        fig, ax = plt.subplots(figsize=(12, 1.2 + 0.6 * max(1, len(workers))))
+        for row in visits.itertuples():
+            failed = row.status != "ok"
+            ax.barh(row.worker, row.end - row.start, left=row.start - t0, height=0.7,
+                    color="red" if failed else colours.get(row.model_id, "grey"),
+                    hatch="//" if row.kind == "eval" else None, edgecolor="black", linewidth=0.3)
+        ax.set_yticks(workers, [f"worker {w}" for w in workers])
+        ax.set_xlabel("seconds since start")
+        ax.set_title("MOP schedule (colour = model, hatched = evaluation, red = failed)")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in ids[:20]]
+        if handles:
+            ax.legend(handles, ids[:20], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

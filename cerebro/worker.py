@@ -1,0 +1,82 @@
+"""What one MOP worker does, whatever process or Spark task it lives in.
+
+A :class:`WorkerRuntime` owns one training and one validation partition, read once from the
+store with pyarrow and kept in memory, and a cache of compiled Keras models.  The backends
+(local processes, Spark tasks, the inline test backend) only move tasks and results.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    """Runs train and eval tasks for one partition.  Created once per worker process.
+
+    Construction blocks while TensorFlow is imported and the partitions are read.
+    """
+
+    def __init__(self, store: Any, prepared: dict, partition: int, threads: int | None = None) -> None:
+        from .frameworks import keras as kf  # heavy import, once per worker process
+        from .data import PreparedData, load_partition
+
+        kf.limit_threads(threads)
+        self._kf = kf
+        self.store = store
+        self.partition = partition
+        self.prepared = PreparedData.from_dict(prepared)
+        self.train = load_partition(store, self.prepared, "train", partition)
+        self.val = load_partition(store, self.prepared, "val", partition)
+        self.cache = kf.ModelCache()
+        self._specs: dict[str, Any] = {}
+        self._arrays: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def _spec(self, path: str):
+        spec = self._specs.get(path)
+        if spec is None:
+            spec = pickle.loads(self.store.read_bytes(path))
+            self._specs[path] = spec
+        return spec
+
+    def _xy(self, spec, split: str):
+        # Inputs depend only on the model's input/output signature, not on its weights.
+        key = (repr((spec.input_shapes, spec.num_outputs)), split)
+        cached = self._arrays.get(key)
+        if cached is None:
+            part = self.train if split == "train" else self.val
+            model = self.cache.get(spec)
+            x = self._kf.make_inputs(model, part.features, list(self.prepared.feature_columns))
+            y = self._kf.make_targets(model, part.labels, list(self.prepared.label_columns))
+            cached = (x, y)
+            self._arrays[key] = cached
+        return cached
+
+    def run(self, task: dict) -> dict:
+        """Run one task; return its result.  Raises on failure (the backend reports the traceback)."""
+        t0 = time.perf_counter()
+        spec = self._spec(task["spec"])
+        ckpt = task["checkpoint"]
+        model = self.cache.load(spec, task["model_id"], ckpt, lambda: self.store.read_bytes(ckpt))
+        split = "train" if task["kind"] == "train" else "val"
+        x, y = self._xy(spec, split)
+        t1 = time.perf_counter()
+        if task["kind"] == "train":
+            metrics = self._kf.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task["seed"])
+            t2 = time.perf_counter()
+            self.store.write_bytes(task["out"], self._kf.state_to_bytes(model))
+            self.cache.note_saved(task["model_id"], task["out"], model)
+            t3 = time.perf_counter()
+        else:
+            rows = self.val.num_rows
+            metrics = self._kf.evaluate(model, x, y, batch_size=spec.batch_size) if rows else {"rows": 0}
+            t2 = t3 = time.perf_counter()
+        rows = int(metrics.pop("rows"))
+        return {
+            "rows": rows, "metrics": metrics, "checkpoint": task.get("out"),
+            "timing": {"load": t1 - t0, "compute": t2 - t1, "save": t3 - t2},
+        }

@@ -1,0 +1,113 @@
+"""Every bad input of API.md's Errors section is refused before training, naming what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cerebro
+from cerebro import GridSearch, LocalBackend, LocalStore, RandomSearch, hp_choice, hp_uniform
+
+pytestmark = pytest.mark.slow
+
+
+def make_estimator(params):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    return cerebro.KerasEstimator(model, keras.optimizers.SGD(params["lr"]), "sparse_categorical_crossentropy",
+                                  metrics=["accuracy"])
+
+
+@pytest.fixture
+def frame():
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "a": rng.normal(size=40), "b": rng.normal(size=40), "c": rng.normal(size=40),
+        "label": rng.integers(0, 2, size=40), "name": ["x"] * 40, "holdout": [True, False] * 20,
+        "flag_int": [1, 0] * 20,
+    })
+
+
+class NeverStarted(LocalBackend):
+    """A LocalBackend that fails the test if any worker would start."""
+
+    def start(self, setup):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("a worker was started although the input is invalid")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(str(tmp_path / "store"))
+
+
+def fit(store, df, **kw):
+    space = kw.pop("space", {"lr": hp_choice([0.1])})
+    kw.setdefault("feature_columns", ["a", "b", "c"])
+    backend = NeverStarted(num_workers=kw.pop("num_workers", 2))
+    return GridSearch(backend, store, make_estimator, space, 1, verbose=0, experiment_name="bad", **kw).fit(df)
+
+
+def assert_nothing_written(store):
+    root = store.local_path("")
+    written = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs] if os.path.exists(root) else []
+    assert written == [], written
+
+
+@pytest.mark.parametrize("mutate,kw,expected", [
+    (lambda df: df, {"feature_columns": ["a", "zzz"]}, r"'zzz'.*\['a', 'b', 'c', 'label'"),
+    (lambda df: df, {"label_columns": ["nope"]}, r"'nope'"),
+    (lambda df: df, {"feature_columns": ["a", "name"]}, r"'name'.*(object|str)"),
+    (lambda df: df.assign(b=df.b.where(df.index % 7 != 0)), {}, r"'b'.*6 rows"),
+    (lambda df: df.assign(c=df.c.replace(df.c.iloc[3], np.inf)), {}, r"'c'.*1 row"),
+    (lambda df: df.head(3), {"num_workers": 4}, r"(?s)2 training rows.*4|4.*2 training rows"),
+    (lambda df: df, {"validation": "flag_int"}, r"'flag_int'.*bool"),
+    (lambda df: df, {"validation": "missing_col"}, r"'missing_col'"),
+    (lambda df: df, {"validation": 1.5}, r"'validation'"),
+    (lambda df: df, {"num_workers": 0}, r"'num_workers'"),
+])
+def test_bad_data_is_refused_before_anything_runs(store, frame, mutate, kw, expected):
+    with pytest.raises(ValueError, match=expected):
+        fit(store, mutate(frame), **kw)
+    assert_nothing_written(store)
+
+
+def test_empty_and_non_grid_search_spaces(store, frame):
+    with pytest.raises(ValueError, match="'search_space'.*empty"):
+        fit(store, frame, space={})
+    with pytest.raises(ValueError, match="'lr'"):
+        fit(store, frame, space={"lr": hp_uniform(0.01, 0.1)})
+    assert_nothing_written(store)
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({"evaluation_metric": "mystery"}, "mode"),
+    ({"mode": "up"}, "'mode'"),
+    ({"scheduler": "fifo"}, "'scheduler'"),
+    ({"seed": "x"}, "'seed'"),
+])
+def test_bad_arguments_name_the_argument(store, frame, kw, expected):
+    with pytest.raises((ValueError, TypeError), match=expected):
+        fit(store, frame, **kw)
+
+
+def test_num_epochs_and_num_models_are_checked(store, frame):
+    with pytest.raises(ValueError, match="The 'num_epochs' parameter of GridSearch must be an int >= 1. Got 0 instead."):
+        GridSearch(NeverStarted(2), store, make_estimator, {"lr": hp_choice([0.1])}, 0).fit(frame)
+    with pytest.raises(ValueError, match="'num_models'"):
+        RandomSearch(NeverStarted(2), store, make_estimator, {"lr": hp_uniform(0.01, 0.1)}, 0, 1).fit(frame)
+
+
+def test_an_evaluation_metric_the_models_do_not_compute(store, frame):
+    with pytest.raises(ValueError, match=r"'auc'.*\['loss', 'accuracy'\]"):
+        fit(store, frame, evaluation_metric="auc")
+    assert not store.exists("experiments/bad")
+
+
+def test_reusing_an_experiment_name_is_refused(store, frame):
+    store.write_json("experiments/bad/experiment.json", {})
+    with pytest.raises(ValueError, match="resume"):
+        fit(store, frame)

@@ -1,0 +1,167 @@
+"""The engine loop with the inline backend and a fake (TensorFlow-free) worker runtime.
+
+The fake "trains" by folding (partition, seed) into a string state, so a model's final state
+records exactly which sub-epochs it saw, in which order, with which shuffles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from cerebro.backends.base import WorkerSetup
+from cerebro.backends.inline import InlineBackend
+from cerebro.core.engine import Engine, ModelCreationFailed, ModelInit, make_rng
+from cerebro.core.mop import MOPScheduler
+from cerebro.drivers.grid import GridDriver, RandomDriver
+from cerebro.errors import CerebroError
+from cerebro.space import hp_choice, hp_uniform
+
+
+class FakeStore:
+    url = "memory://"
+
+    def __init__(self):
+        self.files: dict[str, str] = {}
+
+
+ROWS = {0: 10, 1: 30, 2: 20}
+
+
+class FakeRuntime:
+    def __init__(self, store: FakeStore, worker: int):
+        self.store = store
+        self.worker = worker
+
+    def run(self, task):
+        state = self.store.files[task["checkpoint"]]
+        rows = ROWS[self.worker]
+        if task["kind"] == "train":
+            new = hashlib.sha256(f"{state}|{task['partition']}|{task['seed']}".encode()).hexdigest()[:16]
+            self.store.files[task["out"]] = new
+            return {"rows": rows, "metrics": {"loss": float(self.worker + 1)}, "checkpoint": task["out"], "timing": {}}
+        return {"rows": rows, "metrics": {"loss": float(self.worker), "accuracy": 0.5}, "timing": {}}
+
+
+def run_engine(num_workers=3, driver=None, faults=None, mode="deterministic", create=None, max_retries=2, seed=7):
+    store = FakeStore()
+    backend = InlineBackend(num_workers, runtime_factory=lambda setup, w: FakeRuntime(store, w), faults=faults)
+    driver = driver or GridDriver(2)
+    driver.bind({"a": hp_choice([1, 2, 3])}, make_rng(seed), num_workers)
+    deleted = []
+
+    def create_model(model_id, index, params):
+        if create is not None:
+            create(model_id, params)
+        store.files[f"{model_id}/init"] = f"init-{model_id}"
+        return ModelInit(f"{model_id}/spec", f"{model_id}/init")
+
+    engine = Engine(
+        backend=backend, setup=WorkerSetup(store, {"key": "k"}), scheduler=MOPScheduler(num_workers, mode=mode, seed=seed, max_retries=max_retries),
+        driver=driver, create_model=create_model, checkpoint_path=lambda m, e, h, a: f"{m}/e{e}-h{h}-a{a}",
+        delete=deleted.append, seed=seed,
+    )
+    outcome = engine.run()
+    finals = {m: store.files[r.checkpoint] for m, r in outcome.models.items() if r.checkpoint}
+    return outcome, finals, deleted, backend
+
+
+def ok_once(visits):
+    seen = {}
+    for v in visits:
+        if v["status"] == "ok":
+            key = (v["model_id"], v["epoch"], v["partition"])
+            seen[key] = seen.get(key, 0) + 1
+    return seen
+
+
+def test_grid_runs_every_model_every_partition_every_epoch_once():
+    outcome, finals, deleted, _ = run_engine()
+    assert set(outcome.models) == {"model_000", "model_001", "model_002"}
+    seen = ok_once(outcome.visits)
+    assert set(seen.values()) == {1}
+    assert len(seen) == 3 * 2 * 3
+    assert all(r.status == "completed" and r.epochs_done == 2 for r in outcome.models.values())
+    assert len(outcome.history) == 6
+    # every superseded checkpoint was deleted, the initial one included; the latest never
+    assert len(deleted) == 3 * 2 * 3
+    assert not set(deleted) & {r.checkpoint for r in outcome.models.values()}
+
+
+def test_metrics_are_row_weighted_across_partitions():
+    outcome, *_ = run_engine()
+    row = outcome.history[0]
+    # train loss is worker+1 on partitions with 10, 30, 20 rows; eval loss is worker
+    assert row["train_loss"] == pytest.approx((1 * 10 + 2 * 30 + 3 * 20) / 60)
+    assert row["val_loss"] == pytest.approx((0 * 10 + 1 * 30 + 2 * 20) / 60)
+    assert row["val_accuracy"] == pytest.approx(0.5)
+
+
+def test_deterministic_models_survive_worker_deaths_and_task_failures():
+    _, clean, _, _ = run_engine()
+    calls = {"n": 0}
+
+    def faults(worker, task):
+        calls["n"] += 1
+        if calls["n"] in (4, 11):
+            return "die"
+        if calls["n"] == 7:
+            return "fail"
+        return None
+
+    outcome, faulty, _, backend = run_engine(faults=faults)
+    assert faulty == clean
+    assert backend.restarts == 2
+    statuses = [v["status"] for v in outcome.visits] + [v["status"] for v in outcome.evaluations]
+    assert statuses.count("failed") == 3
+    assert set(ok_once(outcome.visits).values()) == {1}
+    assert len(ok_once(outcome.visits)) == 18
+
+
+def test_a_model_that_keeps_failing_is_abandoned_and_the_others_finish():
+    def faults(worker, task):
+        return "fail" if task["model_id"] == "model_001" else None
+
+    outcome, finals, _, _ = run_engine(faults=faults, max_retries=2)
+    assert outcome.models["model_001"].status == "failed"
+    assert "injected failure" in outcome.failures["model_001"]
+    failed = [v for v in outcome.visits if v["model_id"] == "model_001"]
+    assert len(failed) == 3 and all(v["status"] == "failed" for v in failed)  # 1 try + 2 retries
+    assert outcome.models["model_000"].status == "completed"
+    assert outcome.models["model_002"].status == "completed"
+
+
+def test_a_configuration_that_cannot_be_built_is_recorded_and_the_rest_train():
+    def create(model_id, params):
+        if params["a"] == 2:
+            raise ModelCreationFailed("Traceback: boom")
+
+    outcome, *_ = run_engine(create=create)
+    assert outcome.failures == {"model_001": "Traceback: boom"}
+    assert outcome.models["model_001"].status == "failed"
+    assert {m for m, r in outcome.models.items() if r.status == "completed"} == {"model_000", "model_002"}
+
+
+def test_a_worker_that_keeps_dying_is_a_clear_error_not_a_hang():
+    with pytest.raises(CerebroError, match="died 4 times"):
+        run_engine(faults=lambda w, t: "die" if w == 1 else None)
+
+
+def test_dynamic_mode_trains_every_model_and_seeds_do_not_depend_on_workers():
+    outcome, finals, _, _ = run_engine(mode="dynamic", driver=RandomDriver(5, 3))
+    assert len(finals) == 5
+    assert set(ok_once(outcome.visits).values()) == {1}
+    assert len(ok_once(outcome.visits)) == 5 * 3 * 3
+
+
+def test_random_driver_draws_from_one_generator():
+    d1, d2 = RandomDriver(4, 1), RandomDriver(4, 1)
+    space = {"lr": hp_uniform(0.0, 1.0), "w": hp_uniform(0.0, 1.0)}
+    d1.bind(space, make_rng(3), 2)
+    d2.bind(space, make_rng(3), 2)
+    a, b = d1.suggest(0), d2.suggest(0)
+    assert a == b
+    # dimensions are not correlated (the original Cerebro seeded each with the same constant)
+    assert all(c["lr"] != c["w"] for c in a)
+    assert d1.suggest(0) is None
