@@ -14,7 +14,10 @@ Figures:
 - busy fraction = sum of the workers' task time (load + train/eval + save, as measured inside
   the workers) / (workers x wall time of the training span);
 - hop share = (checkpoint load + save time) / training compute time, over training sub-epochs;
-- throughput share = MOP training rows per second / (workers x single-process rows per second).
+- throughput share = MOP training rows per second / (workers x single-process rows per second);
+- share of concurrent plain Keras = MOP rows per second / the rows per second that `workers`
+  independent plain-Keras processes reach when run at the same time (separates MOP's own
+  overhead from what the machine loses when all its cores work at once).
 
 Usage: python -m benchmarks.mop_overhead [--rows 60000] [--epochs 2] [--workers 2]
 """
@@ -87,15 +90,27 @@ def single_process(rows: int, out_path: str) -> None:
         json.dump({"rows_per_s": total_rows / total_time, "seconds": total_time}, fh)
 
 
+def _reference(tmp: str, rows: int, copies: int) -> list[dict]:
+    paths = [os.path.join(tmp, f"single-{copies}-{i}.json") for i in range(copies)]
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.mop_overhead", "--single-process", path, "--rows", str(rows)])
+             for path in paths]
+    if any(p.wait() != 0 for p in procs):
+        raise RuntimeError("the single-process reference failed")
+    out = []
+    for path in paths:
+        with open(path) as fh:
+            out.append(json.load(fh))
+    return out
+
+
 def run(rows: int, epochs: int, workers: int) -> dict:
     from cerebro import GridSearch, LocalBackend, LocalStore, hp_choice
 
     with tempfile.TemporaryDirectory() as tmp:
-        ref_path = os.path.join(tmp, "single.json")
-        subprocess.run([sys.executable, "-m", "benchmarks.mop_overhead", "--single-process", ref_path, "--rows", str(rows)],
-                       check=True)
-        with open(ref_path) as fh:
-            single = json.load(fh)
+        single = _reference(tmp, rows, 1)[0]
+        # The same plain-Keras work in `workers` independent processes at once: what this
+        # machine gives p processes when nothing is shared (memory bandwidth, caches, turbo).
+        concurrent = _reference(tmp, rows, workers)
         df = make_data(rows)
         space = {k: hp_choice(v) for k, v in SPACE.items()}
         with LocalBackend(num_workers=workers, threads_per_worker=1) as backend:
@@ -112,6 +127,7 @@ def run(rows: int, epochs: int, workers: int) -> dict:
     hop_share = (train.load_s + train.save_s).sum() / train.compute_s.sum()
     mop_rows_per_s = train.rows.sum() / span
     share = mop_rows_per_s / (workers * single["rows_per_s"])
+    concurrent_rows_per_s = sum(c["rows_per_s"] for c in concurrent)
     return {
         "rows": rows, "epochs": epochs, "workers": workers, "configurations": len(result.models),
         "fit_wall_s": round(fit_wall, 1), "training_span_s": round(span, 1),
@@ -119,7 +135,10 @@ def run(rows: int, epochs: int, workers: int) -> dict:
         "mean_hop_ms": round(1000 * (train.load_s + train.save_s).mean(), 2),
         "mean_sub_epoch_s": round(train.compute_s.mean(), 3),
         "mop_rows_per_s": round(mop_rows_per_s), "single_process_rows_per_s": round(single["rows_per_s"]),
-        "throughput_share": round(share, 3), "best_val_accuracy": round(result.best_score, 4),
+        "throughput_share": round(share, 3),
+        "concurrent_plain_keras_rows_per_s": round(concurrent_rows_per_s),
+        "share_of_concurrent_plain_keras": round(mop_rows_per_s / concurrent_rows_per_s, 3),
+        "best_val_accuracy": round(result.best_score, 4),
     }
 
 

@@ -66,7 +66,7 @@ def demo(args: argparse.Namespace) -> int:
         result = search.fit(df)
     wall = time.time() - started
     table = Table(title=f"Results: validation accuracy after {args.epochs} epochs (best first)")
-    for col in ("model", "learning_rate", "width", "batch_size", "val_accuracy", "val_loss", "train_accuracy"):
+    for col in ("model", "lr", "width", "batch", "val acc", "val loss", "train acc"):
         table.add_column(col, justify="right" if col != "model" else "left")
     last = result.history.sort_values("epoch").groupby("model_id").tail(1).sort_values("val_accuracy", ascending=False)
     for row in last.itertuples():

@@ -18,6 +18,7 @@ class RichProgress:
         self.mode = mode
         self.best: tuple[float, str] | None = None
         self.epochs: dict[str, int] = {}
+        self.latest: dict[str, float] = {}
         self.failed = 0
         self.console = Console(stderr=True)
         self.progress = Progress(
@@ -52,8 +53,13 @@ class RichProgress:
         elif event == "epoch":
             self.epochs[info["model_id"]] = info["epoch"]
             score = info["metrics"].get(self.metric)
-            if score is not None and (self.best is None or better(score, self.best[0], self.mode)):
-                self.best = (score, info["model_id"])
+            if score is not None:
+                # The best model is judged on its latest epoch, as the result's best_score is.
+                self.latest[info["model_id"]] = score
+                self.best = None
+                for mid, value in self.latest.items():
+                    if self.best is None or better(value, self.best[0], self.mode):
+                        self.best = (value, mid)
         elif event == "model_failed":
             self.failed += 1
         elif event == "worker_died":

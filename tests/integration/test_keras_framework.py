@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pickle
-import time
 
 import numpy as np
 import pytest
-
-pytest.importorskip("tensorflow")
-pytest.importorskip("sklearn")
 
 from cerebro.frameworks import keras as ck  # noqa: E402
 
@@ -583,46 +579,3 @@ def test_limit_threads_is_safe_to_call_again():
 # --------------------------------------------------------------------------------------
 # timings (information, not assertions)
 # --------------------------------------------------------------------------------------
-
-
-def test_report_timings(capsys):
-    model = keras.Sequential([
-        keras.layers.Dense(300, activation="relu"),
-        keras.layers.Dense(256, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    spec = ck.KerasEstimator(model, "adam", "sparse_categorical_crossentropy", ["accuracy"]).make_spec(
-        [(64,)]
-    )
-    cache = ck.ModelCache()
-    trained = cache.load(spec, "big", "0", spec.initial_state)
-    rng = np.random.default_rng(0)
-    x = rng.random((25_000, 64), dtype=np.float32)
-    y = rng.integers(0, 10, 25_000)
-
-    start = time.perf_counter()
-    ck.train_sub_epoch(trained, x, y, batch_size=32, seed=0)
-    first_pass = time.perf_counter() - start
-    start = time.perf_counter()
-    ck.train_sub_epoch(trained, x, y, batch_size=32, seed=1)
-    second_pass = time.perf_counter() - start
-
-    other = ck.export_model(spec, spec.initial_state)
-    reps = 20
-    start = time.perf_counter()
-    for _ in range(reps):
-        data = ck.state_to_bytes(trained)
-    save = (time.perf_counter() - start) / reps
-    start = time.perf_counter()
-    for _ in range(reps):
-        ck.state_from_bytes(other, data)
-    restore = (time.perf_counter() - start) / reps
-    assert max_weight_diff(trained, other) == 0.0
-
-    with capsys.disabled():
-        print(
-            f"\n[timing] {spec.num_parameters} parameters, state {len(data) / 1e6:.2f} MB: "
-            f"state_to_bytes {save * 1e3:.2f} ms, state_from_bytes {restore * 1e3:.2f} ms; "
-            f"train_sub_epoch 25000x64 batch 32 (1 TF thread): first {first_pass:.2f} s "
-            f"(includes tracing), second {second_pass:.2f} s"
-        )
