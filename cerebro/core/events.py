@@ -48,6 +48,24 @@ class ModelAdded:
 
 
 @dataclass(frozen=True)
+class ModelRestored:
+    """A model comes back from the experiment journal after the driver process restarted.
+
+    ``status`` is "running" (inside ``epoch``, with the train and eval partitions already
+    committed listed in commit order), "awaiting" (``epoch`` ended, its decision pending),
+    "ended" or "failed".  A running model whose listed visits complete its epoch gets its
+    :class:`EndEpoch` at once.
+    """
+
+    model_id: str
+    index: int
+    epoch: int
+    status: str = "running"
+    trained: tuple[int, ...] = ()
+    evaluated: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelContinued:
     """Answer to :class:`EndEpoch`: the model goes on with its next epoch."""
 
@@ -90,7 +108,8 @@ class SubEpochFailed:
 
 
 Event = Union[
-    WorkerJoined, WorkerLost, ModelAdded, ModelContinued, ModelStopped, SubEpochFinished, SubEpochFailed
+    WorkerJoined, WorkerLost, ModelAdded, ModelRestored, ModelContinued, ModelStopped, SubEpochFinished,
+    SubEpochFailed,
 ]
 
 

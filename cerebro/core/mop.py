@@ -49,6 +49,7 @@ from cerebro.core.events import (
     Kind,
     ModelAdded,
     ModelContinued,
+    ModelRestored,
     ModelStopped,
     SubEpochFailed,
     SubEpochFinished,
@@ -356,6 +357,8 @@ class MOPScheduler:
             return self._on_worker_lost(event)
         if isinstance(event, ModelAdded):
             return self._on_model_added(event)
+        if isinstance(event, ModelRestored):
+            return self._on_model_restored(event)
         if isinstance(event, ModelContinued):
             return self._on_model_continued(event)
         if isinstance(event, ModelStopped):
@@ -390,6 +393,55 @@ class MOPScheduler:
         return self._fail(m, cmd.partition, _kind(cmd), ev.reason or f"worker {w} lost")
 
     def _on_model_added(self, ev: ModelAdded) -> list[Command]:
+        m = self._register(ev.model_id, ev.index)
+        self._start_epoch(m, 1)
+        return []
+
+    def _on_model_restored(self, ev: ModelRestored) -> list[Command]:
+        p = self.num_partitions
+        if ev.status not in ("running", "awaiting", "ended", "failed"):
+            raise SchedulerError(f"model {ev.model_id!r} restored with unknown status {ev.status!r}")
+        if isinstance(ev.epoch, bool) or not isinstance(ev.epoch, (int, np.integer)) or ev.epoch < 1:
+            raise SchedulerError(f"model {ev.model_id!r} restored with epoch {ev.epoch!r}; expected an integer >= 1")
+        for what, parts in (("trained", ev.trained), ("evaluated", ev.evaluated)):
+            if len(set(parts)) != len(parts) or any(not 0 <= q < p for q in parts):
+                raise SchedulerError(f"model {ev.model_id!r} restored with {what}={parts!r}: not distinct partitions of 0..{p - 1}")
+        if ev.evaluated and len(ev.trained) != p:
+            raise SchedulerError(f"model {ev.model_id!r} restored as evaluated before it finished training")
+        if self._deterministic and ev.status == "running":
+            order = self._order(int(ev.index), int(ev.epoch))
+            if tuple(ev.trained) != order[: len(ev.trained)]:
+                raise SchedulerError(f"model {ev.model_id!r} restored with trained={ev.trained}, not a prefix of its order {order}")
+        m = self._register(ev.model_id, ev.index)
+        self._start_epoch(m, int(ev.epoch))
+        self._unindex(m)
+        if ev.status in ("awaiting", "ended"):
+            trained, evaluated = tuple(range(p)), tuple(range(p))
+        else:
+            trained, evaluated = tuple(ev.trained), tuple(ev.evaluated)
+        for q in trained:
+            m.remaining_train.discard(q)
+            m.committed_train.append(q)
+        for q in evaluated:
+            m.remaining_eval.discard(q)
+            m.committed_eval.append(q)
+        if ev.status in ("ended", "failed"):
+            m.phase = _ENDED if ev.status == "ended" else _FAILED
+            self._live.discard(m.model_id)
+            return []
+        if ev.status == "awaiting":
+            m.phase = _AWAITING
+            return []
+        if not m.remaining_train:
+            m.phase = _EVAL
+            if not m.remaining_eval:
+                m.phase = _AWAITING
+                return [EndEpoch(m.model_id, m.epoch)]
+        self._index(m)
+        return []
+
+    def _register(self, model_id: str, index: int) -> _Model:
+        ev = ModelAdded(model_id, index)
         if ev.model_id in self._models:
             raise SchedulerError(f"model {ev.model_id!r} added twice")
         index = ev.index
@@ -404,8 +456,7 @@ class MOPScheduler:
         self._models[m.model_id] = m
         self._by_index[m.index] = m
         self._live.add(m.model_id)
-        self._start_epoch(m, 1)
-        return []
+        return m
 
     def _on_model_continued(self, ev: ModelContinued) -> list[Command]:
         m = self._model(ev.model_id)
