@@ -7,12 +7,28 @@ store with pyarrow and kept in memory, and a cache of compiled Keras models.  Th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import time
 from typing import Any
 
+from .errors import CerebroError
+
 log = logging.getLogger(__name__)
+
+
+def read_checkpoint(store: Any, path: str, checksum: str | None) -> bytes:
+    """Read a checkpoint and check its sha256 against the journal's; never return corrupt bytes."""
+    data = store.read_bytes(path)
+    if checksum is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != checksum:
+            raise CerebroError(
+                f"checkpoint {path} is corrupted: sha256 {actual[:16]}... does not match the committed "
+                f"{checksum[:16]}... ({len(data)} bytes read); refusing to load it"
+            )
+    return data
 
 
 class WorkerRuntime:
@@ -61,22 +77,25 @@ class WorkerRuntime:
         t0 = time.perf_counter()
         spec = self._spec(task["spec"])
         ckpt = task["checkpoint"]
-        model = self.cache.load(spec, task["model_id"], ckpt, lambda: self.store.read_bytes(ckpt))
+        model = self.cache.load(spec, task["model_id"], ckpt, lambda: read_checkpoint(self.store, ckpt, task.get("checksum")))
         split = "train" if task["kind"] == "train" else "val"
         x, y = self._xy(spec, split)
         t1 = time.perf_counter()
         if task["kind"] == "train":
             metrics = self._kf.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task["seed"])
             t2 = time.perf_counter()
-            self.store.write_bytes(task["out"], self._kf.state_to_bytes(model))
+            state = self._kf.state_to_bytes(model)
+            checksum = hashlib.sha256(state).hexdigest()
+            self.store.write_bytes(task["out"], state)
             self.cache.note_saved(task["model_id"], task["out"], model)
             t3 = time.perf_counter()
         else:
             rows = self.val.num_rows
             metrics = self._kf.evaluate(model, x, y, batch_size=spec.batch_size) if rows else {"rows": 0}
             t2 = t3 = time.perf_counter()
+            checksum = None
         rows = int(metrics.pop("rows"))
         return {
-            "rows": rows, "metrics": metrics, "checkpoint": task.get("out"),
+            "rows": rows, "metrics": metrics, "checkpoint": task.get("out"), "checksum": checksum,
             "timing": {"load": t1 - t0, "compute": t2 - t1, "save": t3 - t2},
         }

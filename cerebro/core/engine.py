@@ -20,9 +20,10 @@ from ..backends.base import Backend, TaskDone, TaskFailed, WorkerDied, WorkerRea
 from ..drivers.base import Continue, SearchDriver, Stop
 from ..errors import CerebroError
 from .events import (
-    AbandonModel, EndEpoch, EvaluateSubEpoch, ModelAdded, ModelContinued, ModelStopped,
+    AbandonModel, EndEpoch, EvaluateSubEpoch, ModelAdded, ModelContinued, ModelRestored, ModelStopped,
     SubEpochFailed, SubEpochFinished, TrainSubEpoch, WorkerJoined, WorkerLost,
 )
+from .metrics import better
 from .mop import MOPScheduler
 from .seeds import sub_epoch_seed
 
@@ -43,6 +44,7 @@ class ModelInit:
 
     spec_path: str
     checkpoint: str
+    checksum: str | None = None
 
 
 @dataclass
@@ -58,6 +60,7 @@ class ModelRecord:
     epochs_done: int = 0
     hops: int = 0                      # committed training visits in the current epoch
     error: str | None = None
+    checksum: str | None = None        # sha256 of the latest committed checkpoint
     sums: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
 
 
@@ -74,6 +77,7 @@ class EngineOutcome:
     failures: dict[str, str]
     started: float
     finished: float
+    best_checkpoint: dict[str, Any] | None = None
 
 
 def _weighted(sums: Mapping[str, float]) -> dict[str, float]:
@@ -82,7 +86,15 @@ def _weighted(sums: Mapping[str, float]) -> dict[str, float]:
 
 
 class Engine:
-    """Runs one model selection to completion.  Not reusable: call :meth:`run` once."""
+    """Runs one model selection to completion.  Not reusable: call :meth:`run` once.
+
+    Every committed fact (model created, visit committed or failed, epoch evaluated and
+    decided, driver state, best checkpoint) goes to ``journal`` before the engine acts on it,
+    so that :meth:`restore` can rebuild the whole state after the driver process died.
+    Checkpoint retention: the latest committed checkpoint of every model plus the
+    checkpoint of the best (model, epoch) by ``metric``/``mode`` so far; everything else is
+    deleted as soon as it is superseded and journaled.
+    """
 
     def __init__(
         self,
@@ -97,6 +109,9 @@ class Engine:
         seed: int = 0,
         listener: Listener | None = None,
         journal: Callable[[dict[str, Any]], None] | None = None,
+        metric: str | None = None,
+        mode: str = "min",
+        max_consecutive_failures: int | None = None,
         max_worker_restarts: int = 3,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
@@ -111,6 +126,9 @@ class Engine:
         self.seed = seed
         self.listener = listener
         self.journal = journal
+        self.metric = metric
+        self.mode = mode
+        self.max_consecutive_failures = max_consecutive_failures
         self.max_worker_restarts = max_worker_restarts
         self.clock = clock
         self.poll_interval = poll_interval
@@ -121,6 +139,7 @@ class Engine:
         self.visits: list[dict[str, Any]] = []
         self.evaluations: list[dict[str, Any]] = []
         self.failures: dict[str, str] = {}
+        self.best: dict[str, Any] | None = None   # {"model_id", "epoch", "score", "checkpoint", "checksum"}
         self._tasks: dict[int, tuple[TrainSubEpoch | EvaluateSubEpoch, float]] = {}
         self._next_task = 0
         self._alive: set[int] = set()
@@ -128,14 +147,16 @@ class Engine:
         self._deaths: dict[int, int] = {}
         self._exhausted = False        # the driver will never suggest again
         self._next_index = 0
-        self._failed_configs = 0
+        self._unbuilt: list[tuple[int, dict[str, Any]]] = []   # suggested, journaled, not built yet
+        self._consecutive_failures = 0
 
     # ------------------------------------------------------------------ public
 
     def run(self) -> EngineOutcome:
         """Start the workers, train until the driver and the scheduler are done, return the record.
 
-        Blocks.  Raises :class:`CerebroError` when workers cannot start or keep dying.
+        Blocks.  Raises :class:`CerebroError` when workers cannot start or keep dying, or when
+        ``max_consecutive_failures`` configurations failed in a row.
         """
         started = self.clock()
         # Models are created first: a configuration problem that concerns every model (say an
@@ -150,46 +171,152 @@ class Engine:
                 self._on_backend_event(ev)
             self._check_start_timeouts()
         return EngineOutcome(
-            self.models, self.history, self.visits, self.evaluations, self.failures, started, self.clock()
+            self.models, self.history, self.visits, self.evaluations, self.failures, started, self.clock(),
+            self.best,
         )
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Rebuild models, records, driver and scheduler state from a journal; call before :meth:`run`.
+
+        Visits that were in flight when the journal ends were never committed: the scheduler
+        wants them again, so at most one sub-epoch per model is redone.
+        """
+        trained: dict[str, dict[int, list[int]]] = {}
+        evaluated: dict[str, dict[int, list[int]]] = {}
+        unbuilt: dict[int, dict[str, Any]] = {}
+        driver_state = None
+        for r in records:
+            t = r.get("type")
+            if t in ("model_added", "creation_failed"):
+                unbuilt.pop(r["index"], None)
+            if t == "model_added":
+                self.models[r["model_id"]] = ModelRecord(
+                    r["model_id"], r["index"], dict(r["params"]), r["spec"], r["checkpoint"], checksum=r.get("checksum"))
+                self._next_index = max(self._next_index, r["index"] + 1)
+            elif t == "creation_failed":
+                self.models[r["model_id"]] = ModelRecord(
+                    r["model_id"], r["index"], dict(r["params"]), "", "", status="failed", error=r["error"])
+                self.failures[r["model_id"]] = r["error"]
+                self._next_index = max(self._next_index, r["index"] + 1)
+            elif t == "visit":
+                row = {k: r[k] for k in _VISIT_COLUMNS}
+                (self.visits if r["kind"] == "train" else self.evaluations).append(row)
+                m = self.models[r["model_id"]]
+                if r["status"] == "ok":
+                    self._accumulate(m, r["epoch"], r["kind"], r["rows"], r.get("metrics", {}))
+                    seen = trained if r["kind"] == "train" else evaluated
+                    seen.setdefault(m.model_id, {}).setdefault(r["epoch"], []).append(r["partition"])
+                    if r["kind"] == "train":
+                        m.checkpoint, m.checksum = r["checkpoint"], r.get("checksum")
+                elif m.error is None:
+                    m.error = r.get("error")
+            elif t == "epoch":
+                m = self.models[r["model_id"]]
+                m.sums.pop((r["epoch"], "train"), None)
+                m.sums.pop((r["epoch"], "eval"), None)
+                m.epochs_done = r["epoch"]
+                m.status = r["status"]
+                self.history.append({"model_id": m.model_id, "epoch": r["epoch"], **r["metrics"]})
+            elif t == "model_failed":
+                m = self.models[r["model_id"]]
+                m.status = "failed"
+                self.failures[m.model_id] = r["error"]
+            elif t == "suggested":
+                driver_state = r["state"]
+                first = r["first_index"]
+                unbuilt.update({first + i: dict(p) for i, p in enumerate(r["configs"])})
+                self._next_index = max(self._next_index, first + len(r["configs"]))
+            elif t == "driver":
+                driver_state = r["state"]
+            elif t == "best":
+                self.best = {k: r[k] for k in ("model_id", "epoch", "score", "checkpoint", "checksum")}
+        if driver_state is not None:
+            self.driver.set_state(driver_state)
+        self._unbuilt = sorted(unbuilt.items())
+        events = []
+        for m in self.models.values():
+            if m.status == "failed":
+                if m.spec_path:
+                    events.append(ModelRestored(m.model_id, m.index, max(m.epochs_done, 1), "failed"))
+                continue
+            if m.status in ("completed", "stopped"):
+                events.append(ModelRestored(m.model_id, m.index, max(m.epochs_done, 1), "ended"))
+                continue
+            epoch = m.epochs_done + 1
+            done_train = tuple(trained.get(m.model_id, {}).get(epoch, ()))
+            done_eval = tuple(evaluated.get(m.model_id, {}).get(epoch, ()))
+            m.hops = len(done_train)
+            events.append(ModelRestored(m.model_id, m.index, epoch, "running", done_train, done_eval))
+        log.info("restored %d models (%d visits, %d epochs) from the journal", len(self.models), len(self.visits), len(self.history))
+        if events:
+            self._handle(*events)
 
     # ------------------------------------------------------------------ driver side
 
     def _done(self) -> bool:
         return self.scheduler.idle and not self._tasks and (self._exhausted or not self._fill())
 
+    def _driver_changed(self) -> None:
+        self._record({"type": "driver", "state": self.driver.get_state()})
+
     def _fill(self) -> bool:
-        """Ask the driver for configurations; create and add them.  True if any model was added."""
-        if self._exhausted:
-            return False
-        active = sum(1 for m in self.models.values() if m.status == "running")
-        proposals = self.driver.suggest(active)
-        if proposals is None:
-            self._exhausted = True
-            return False
+        """Ask the driver for configurations; create and add them.  True if any model was added.
+
+        The suggestion is journaled (with the driver's new state) before any model is built,
+        so a crash halfway through building them loses none and duplicates none on resume.
+        """
+        if self._unbuilt:
+            todo, self._unbuilt = self._unbuilt, []
+        else:
+            if self._exhausted:
+                return False
+            active = sum(1 for m in self.models.values() if m.status == "running")
+            proposals = self.driver.suggest(active)
+            if proposals is None:
+                self._exhausted = True
+                self._driver_changed()
+                return False
+            todo = [(self._next_index + i, dict(p)) for i, p in enumerate(proposals)]
+            if not todo:
+                return False
+            self._next_index += len(todo)
+            self._record({"type": "suggested", "first_index": todo[0][0], "configs": [p for _, p in todo],
+                          "state": self.driver.get_state()})
         added = []
-        for params in proposals:
-            index = self._next_index
-            self._next_index += 1
+        for index, params in todo:
             model_id = f"model_{index:03d}"
             try:
                 init = self.create_model(model_id, index, dict(params))
             except ModelCreationFailed as exc:
-                self._failed_configs += 1
                 self.failures[model_id] = exc.traceback_text
                 self.models[model_id] = ModelRecord(model_id, index, dict(params), "", "", status="failed", error=exc.traceback_text)
                 log.warning("configuration %s %s could not be built:\n%s", model_id, dict(params), exc.traceback_text)
+                self._record({"type": "creation_failed", "model_id": model_id, "index": index, "params": dict(params),
+                              "error": exc.traceback_text})
                 self._emit("model_failed", model_id=model_id, params=dict(params), error=exc.traceback_text)
+                self._emit("model_ended", model_id=model_id, status="failed")
                 self.driver.on_model_failed(None, dict(params), exc.traceback_text)
+                self._count_failure(exc.traceback_text)
                 continue
-            self.models[model_id] = ModelRecord(model_id, index, dict(params), init.spec_path, init.checkpoint)
+            self.models[model_id] = ModelRecord(model_id, index, dict(params), init.spec_path, init.checkpoint,
+                                                checksum=init.checksum)
             self.driver.on_model_added(model_id, dict(params))
-            self._record({"type": "model_added", "model_id": model_id, "index": index, "params": dict(params)})
+            self._record({"type": "model_added", "model_id": model_id, "index": index, "params": dict(params),
+                          "spec": init.spec_path, "checkpoint": init.checkpoint, "checksum": init.checksum})
             self._emit("model_added", model_id=model_id, params=dict(params))
             added.append(ModelAdded(model_id, index))
         if added:
             self._handle(*added)
         return bool(added)
+
+    def _count_failure(self, error: str) -> None:
+        self._consecutive_failures += 1
+        limit = self.max_consecutive_failures
+        if limit is not None and self._consecutive_failures >= limit:
+            raise CerebroError(
+                f"{self._consecutive_failures} configurations failed in a row (max_consecutive_failures={limit}); "
+                f"stopping the experiment. Last failure:\n{error}"
+            )
 
     # ------------------------------------------------------------------ backend side
 
@@ -242,24 +369,39 @@ class Engine:
     def _kind(cmd) -> str:
         return "train" if isinstance(cmd, TrainSubEpoch) else "eval"
 
+    @staticmethod
+    def _accumulate(model: ModelRecord, epoch: int, kind: str, rows: float, metrics: Mapping[str, float]) -> None:
+        sums = model.sums.setdefault((epoch, kind), {})
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * rows
+        sums["rows"] = sums.get("rows", 0.0) + rows
+
     def _on_done(self, ev: TaskDone) -> None:
         cmd, start = self._tasks.pop(ev.task_id)
         model = self.models[cmd.model_id]
         result = ev.result
         kind = self._kind(cmd)
-        sums = model.sums.setdefault((cmd.epoch, kind), {})
-        rows = float(result.get("rows", 0))
-        for name, value in result.get("metrics", {}).items():
-            sums[name] = sums.get(name, 0.0) + float(value) * rows
-        sums["rows"] = sums.get("rows", 0.0) + rows
+        self._accumulate(model, cmd.epoch, kind, float(result.get("rows", 0)), result.get("metrics", {}))
+        previous = model.checkpoint
         if kind == "train":
-            previous = model.checkpoint
-            model.checkpoint = result["checkpoint"]
+            model.checkpoint, model.checksum = result["checkpoint"], result.get("checksum")
             model.hops += 1
-            if self.delete is not None and previous and previous != model.checkpoint:
-                self.delete(previous)  # superseded: the new one is durable (keep-latest retention)
+        # Journal first: only then is the new checkpoint the committed one, and only then may
+        # the superseded one go (a crash in between must never leave the journal pointing at
+        # a deleted file).
         self._record_attempt(cmd, start, "ok", result, None)
+        if kind == "train":
+            self._discard_checkpoint(previous)
         self._handle(SubEpochFinished(cmd.model_id, cmd.worker, cmd.epoch, cmd.partition, kind))
+
+    def _discard_checkpoint(self, path: str) -> None:
+        if self.delete is None or not path:
+            return
+        if self.best is not None and self.best["checkpoint"] == path:
+            return  # the best (model, epoch) so far keeps its checkpoint
+        if any(m.checkpoint == path for m in self.models.values()):
+            return
+        self.delete(path)
 
     def _record_attempt(self, cmd, start: float, status: str, result: Mapping[str, Any], error: str | None) -> None:
         end = self.clock()
@@ -274,8 +416,13 @@ class Engine:
             self.visits.append(row)
         else:
             self.evaluations.append(row)
+        model = self.models[cmd.model_id]
+        record = {"type": "visit", "kind": self._kind(cmd), **row, "error": error,
+                  "metrics": dict(result.get("metrics", {}))}
+        if status == "ok" and isinstance(cmd, TrainSubEpoch):
+            record["checkpoint"], record["checksum"] = model.checkpoint, model.checksum
+        self._record(record)
         if status == "failed":
-            model = self.models[cmd.model_id]
             if isinstance(cmd, TrainSubEpoch) and self.delete is not None:
                 # A failed attempt may have written its output before dying: never leave it behind.
                 self.delete(self.checkpoint_path(cmd.model_id, cmd.epoch, model.hops + 1, cmd.attempt))
@@ -284,7 +431,6 @@ class Engine:
                 log.warning("%s of %s (epoch %d, partition %d, attempt %d) failed:\n%s",
                             self._kind(cmd), cmd.model_id, cmd.epoch, cmd.partition, cmd.attempt + 1, error)
             model.error = model.error or error
-        self._record({"type": "visit", "kind": self._kind(cmd), **row, "error": error})
         self._emit("visit", kind=self._kind(cmd), **row)
 
     # ------------------------------------------------------------------ scheduler side
@@ -300,6 +446,7 @@ class Engine:
                 if follow is not None:
                     pending.extend(self.scheduler.handle(follow))
                 if self.models[cmd.model_id].status != "running":
+                    self._emit("model_ended", model_id=cmd.model_id, status=self.models[cmd.model_id].status)
                     self._fill()
             elif isinstance(cmd, AbandonModel):
                 self._abandon(cmd)
@@ -311,7 +458,7 @@ class Engine:
         model = self.models[cmd.model_id]
         task: dict[str, Any] = {
             "kind": self._kind(cmd), "model_id": cmd.model_id, "spec": model.spec_path,
-            "checkpoint": model.checkpoint, "epoch": cmd.epoch, "partition": cmd.partition,
+            "checkpoint": model.checkpoint, "checksum": model.checksum, "epoch": cmd.epoch, "partition": cmd.partition,
         }
         if isinstance(cmd, TrainSubEpoch):
             task["out"] = self.checkpoint_path(cmd.model_id, cmd.epoch, model.hops + 1, cmd.attempt)
@@ -329,20 +476,36 @@ class Engine:
         metrics.update({f"val_{k}": v for k, v in val.items()})
         model.epochs_done = cmd.epoch
         model.hops = 0
+        self._consecutive_failures = 0
         self.history.append({"model_id": model.model_id, "epoch": cmd.epoch, **metrics})
+        self._update_best(model, cmd.epoch, metrics)
         decision = self.driver.on_epoch_end(model.model_id, cmd.epoch, metrics)
-        self._record({"type": "epoch", "model_id": model.model_id, "epoch": cmd.epoch, "metrics": metrics,
-                      "decision": type(decision).__name__, "final": cmd.final})
-        self._emit("epoch", model_id=model.model_id, epoch=cmd.epoch, metrics=metrics)
         if cmd.final:
             model.status = "stopped"
-            return None
-        if isinstance(decision, Continue):
-            return ModelContinued(model.model_id)
-        if not isinstance(decision, Stop):
+            follow = None
+        elif isinstance(decision, Continue):
+            follow = ModelContinued(model.model_id)
+        elif isinstance(decision, Stop):
+            model.status = "completed" if decision.reason == "finished" else "stopped"
+            follow = ModelStopped(model.model_id)
+        else:
             raise CerebroError(f"search driver returned {decision!r}; expected Continue() or Stop()")
-        model.status = "completed" if decision.reason == "finished" else "stopped"
-        return ModelStopped(model.model_id)
+        self._record({"type": "epoch", "model_id": model.model_id, "epoch": cmd.epoch, "metrics": metrics,
+                      "decision": type(decision).__name__, "final": cmd.final, "status": model.status})
+        self._driver_changed()
+        self._emit("epoch", model_id=model.model_id, epoch=cmd.epoch, metrics=metrics)
+        return follow
+
+    def _update_best(self, model: ModelRecord, epoch: int, metrics: Mapping[str, float]) -> None:
+        score = metrics.get(self.metric) if self.metric else None
+        if score is None or (self.best is not None and not better(score, self.best["score"], self.mode)):
+            return
+        previous = self.best["checkpoint"] if self.best else None
+        self.best = {"model_id": model.model_id, "epoch": epoch, "score": score,
+                     "checkpoint": model.checkpoint, "checksum": model.checksum}
+        self._record({"type": "best", **self.best})
+        if previous and previous != model.checkpoint:
+            self._discard_checkpoint(previous)
 
     def _abandon(self, cmd: AbandonModel) -> None:
         model = self.models[cmd.model_id]
@@ -351,7 +514,10 @@ class Engine:
         self.failures[model.model_id] = error
         self._record({"type": "model_failed", "model_id": model.model_id, "epoch": cmd.epoch, "error": error})
         self._emit("model_failed", model_id=model.model_id, params=model.params, error=error)
+        self._emit("model_ended", model_id=model.model_id, status="failed")
         self.driver.on_model_failed(model.model_id, model.params, error)
+        self._driver_changed()
+        self._count_failure(error)
 
     # ------------------------------------------------------------------ records
 
@@ -362,6 +528,10 @@ class Engine:
     def _emit(self, event: str, **info: Any) -> None:
         if self.listener is not None:
             self.listener(event, info)
+
+
+_VISIT_COLUMNS = ("model_id", "epoch", "partition", "worker", "start", "end", "rows", "status", "attempt",
+                  "load_s", "compute_s", "save_s")
 
 
 def make_rng(seed: int) -> np.random.Generator:

@@ -67,6 +67,18 @@ class SearchDriver:
         """The number of training sub-epochs the search will run, when known in advance (for progress)."""
         return None
 
+    def get_state(self) -> dict[str, Any]:
+        """Everything the driver needs to continue after a restart, as JSON-able data.
+
+        The engine journals it after every call that may change it; :meth:`set_state` on a
+        freshly bound driver must make it continue exactly as the original would have.
+        """
+        return {"rng": self.rng.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned (called after :meth:`bind`)."""
+        self.rng.bit_generator.state = state["rng"]
+
 
 class FixedEpochsDriver(SearchDriver):
     """A driver over a fixed list of configurations, each trained for ``num_epochs``."""
@@ -87,3 +99,10 @@ class FixedEpochsDriver(SearchDriver):
 
     def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Decision:
         return Continue() if epoch < self.num_epochs else Stop("finished")
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "proposed": self._proposed}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._proposed = bool(state["proposed"])

@@ -227,6 +227,23 @@ class Store(abc.ABC):
         normalize_path(path)
         return None
 
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` only if it does not exist; True if this call created it.
+
+        Used for the experiment lock.  This default is check-then-write (racy); stores whose
+        file system offers an exclusive create override it.
+        """
+        if self.exists(path):
+            return False
+        self.write_bytes(path, data)
+        return True
+
+    def append_bytes(self, path: str, data: bytes) -> None:
+        """Append ``data`` to ``path`` durably (the journal).  This default rewrites the file
+        atomically (correct, O(size)); stores with an append primitive override it."""
+        old = self.read_bytes(path) if self.exists(path) else b""
+        self.write_bytes(path, old + data)
+
     # ------------------------------------------------------------------ factory
 
     @staticmethod

@@ -126,6 +126,28 @@ class LocalStore(Store):
     def exists(self, path: str) -> bool:
         return os.path.exists(self._abs(path))
 
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        full = self._abs(normalize_path(path, allow_root=False))
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        try:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(os.path.dirname(full))
+        return True
+
+    def append_bytes(self, path: str, data: bytes) -> None:
+        full = self._abs(normalize_path(path, allow_root=False))
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
     def listdir(self, path: str) -> list[str]:
         try:
             names = os.listdir(self._abs(path))

@@ -165,3 +165,72 @@ def test_random_driver_draws_from_one_generator():
     # dimensions are not correlated (the original Cerebro seeded each with the same constant)
     assert all(c["lr"] != c["w"] for c in a)
     assert d1.suggest(0) is None
+
+
+def test_max_retries_zero_abandons_at_the_first_failure_and_logs_it_at_once(caplog):
+    def faults(worker, task):
+        return "fail" if task["model_id"] == "model_000" else None
+
+    with caplog.at_level("WARNING", logger="cerebro.core.engine"):
+        outcome, *_ = run_engine(faults=faults, max_retries=0)
+    attempts = [v for v in outcome.visits if v["model_id"] == "model_000"]
+    assert len(attempts) == 1 and attempts[0]["status"] == "failed"
+    assert outcome.models["model_000"].status == "failed"
+    first = [r for r in caplog.records if "model_000" in r.getMessage() and "injected failure" in r.getMessage()]
+    assert first, "the first failure's traceback must be logged when it happens"
+
+
+def test_max_consecutive_failures_stops_the_experiment():
+    store = FakeStore()
+
+    def create(model_id, params):
+        raise ModelCreationFailed(f"Traceback: {model_id} cannot be built")
+
+    backend = InlineBackend(2, runtime_factory=lambda setup, w: FakeRuntime(store, w))
+    driver = GridDriver(1)
+    driver.bind({"a": hp_choice([1, 2, 3, 4])}, make_rng(0), 2)
+
+    def create_model(model_id, index, params):
+        create(model_id, params)
+
+    engine = Engine(backend=backend, setup=WorkerSetup(store, {"key": "k"}), scheduler=MOPScheduler(2), driver=driver,
+                    create_model=create_model, checkpoint_path=lambda m, e, h, a: f"{m}/{e}/{h}/{a}",
+                    max_consecutive_failures=2)
+    with pytest.raises(CerebroError, match=r"(?s)2 configurations failed in a row.*model_001 cannot be built"):
+        engine.run()
+
+
+def test_restore_from_the_journal_continues_exactly(tmp_path):
+    """Cut the journal at every point: restoring from the prefix gives the same final models."""
+    journal: list[dict] = []
+    store = FakeStore()
+
+    def build(records=None, stop_after=None):
+        backend = InlineBackend(3, runtime_factory=lambda setup, w: FakeRuntime(store, w))
+        driver = GridDriver(2)
+        driver.bind({"a": hp_choice([1, 2, 3])}, make_rng(7), 3)
+        sink = [] if records is not None else journal
+
+        def create_model(model_id, index, params):
+            store.files[f"{model_id}/init"] = f"init-{model_id}"
+            return ModelInit(f"{model_id}/spec", f"{model_id}/init")
+
+        engine = Engine(backend=backend, setup=WorkerSetup(store, {"key": "k"}),
+                        scheduler=MOPScheduler(3, mode="deterministic", seed=7), driver=driver,
+                        create_model=create_model, checkpoint_path=lambda m, e, h, a: f"{m}/e{e}-h{h}-a{a}",
+                        seed=7, journal=sink.append)
+        if records is not None:
+            engine.restore(records)
+        return engine, sink
+
+    engine, _ = build()
+    full = engine.run()
+    finals = {m: store.files[r.checkpoint] for m, r in full.models.items()}
+    assert len(journal) > 40
+    for cut in range(1, len(journal)):
+        engine, tail = build(records=journal[:cut])
+        outcome = engine.run()
+        assert {m: store.files[r.checkpoint] for m, r in outcome.models.items()} == finals, cut
+        assert set(ok_once(outcome.visits).values()) == {1} and len(ok_once(outcome.visits)) == 18, cut
+        assert [(h["model_id"], h["epoch"]) for h in sorted(outcome.history, key=lambda h: (h["model_id"], h["epoch"]))] == \
+            [(h["model_id"], h["epoch"]) for h in sorted(full.history, key=lambda h: (h["model_id"], h["epoch"]))]
