@@ -55,6 +55,7 @@ class TrainedModel:
     _store: Any = field(default=None, repr=False)
     _spec_path: str | None = field(default=None, repr=False)
     _checkpoint: str | None = field(default=None, repr=False)
+    _checksum: str | None = field(default=None, repr=False)
     _spec: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
 
@@ -72,7 +73,9 @@ class TrainedModel:
 
             if not self._checkpoint:
                 raise CerebroError(f"model {self.model_id} has no checkpoint (status: {self.status})")
-            self._model = export_model(self.spec(), self._store.read_bytes(self._checkpoint))
+            from .worker import read_checkpoint
+
+            self._model = export_model(self.spec(), read_checkpoint(self._store, self._checkpoint, self._checksum))
         return self._model
 
     def _inputs(self, features: Any):
@@ -165,6 +168,11 @@ class ModelSelectionResult:
     evaluation_metric: str = "loss"
     mode: str = "min"
     evaluations: pd.DataFrame | None = None
+    #: {"model_id", "epoch", "score", "checkpoint", "checksum"} of the best (model, epoch) seen,
+    #: whose checkpoint retention keeps even when that model trained on.
+    best_checkpoint: dict | None = None
+    #: Bytes of model checkpoints the experiment keeps in the store at the end.
+    checkpoint_bytes: int = 0
 
     @property
     def best_model(self) -> TrainedModel:
@@ -175,35 +183,7 @@ class ModelSelectionResult:
         return self.best_model.transform(df)
 
     def plot_gantt(self, path: str | os.PathLike) -> str:
-        """Draw which model ran on which worker when (training sub-epochs solid, evaluations hatched, failures red)."""
-        import matplotlib
+        """Draw which model ran on which worker when (training sub-epochs solid, evaluations hatched, failures red); returns ``path``."""
+        from .report import plot_gantt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        path = os.fspath(path)
-        frames = [self.visits.assign(kind="train")]
-        if self.evaluations is not None and len(self.evaluations):
-            frames.append(self.evaluations.assign(kind="eval"))
-        visits = pd.concat(frames, ignore_index=True)
-        t0 = visits["start"].min() if len(visits) else 0.0
-        ids = sorted(self.models)
-        cmap = plt.get_cmap("tab20")
-        colours = {m: cmap(i % 20) for i, m in enumerate(ids)}
-        workers = sorted(visits["worker"].unique()) if len(visits) else []
-        fig, ax = plt.subplots(figsize=(12, 1.2 + 0.6 * max(1, len(workers))))
-        for row in visits.itertuples():
-            failed = row.status != "ok"
-            ax.barh(row.worker, row.end - row.start, left=row.start - t0, height=0.7,
-                    color="red" if failed else colours.get(row.model_id, "grey"),
-                    hatch="//" if row.kind == "eval" else None, edgecolor="black", linewidth=0.3)
-        ax.set_yticks(workers, [f"worker {w}" for w in workers])
-        ax.set_xlabel("seconds since start")
-        ax.set_title("MOP schedule (colour = model, hatched = evaluation, red = failed)")
-        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in ids[:20]]
-        if handles:
-            ax.legend(handles, ids[:20], loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
+        return plot_gantt(self.visits, self.evaluations, os.fspath(path), model_ids=sorted(self.models))
