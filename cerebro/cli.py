@@ -1,8 +1,9 @@
-"""Command line: ``cerebro demo``.  The CLI owns the console; the library only logs."""
+"""Command line: ``cerebro demo`` and ``cerebro report``.  The CLI owns the console; the library only logs."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -86,6 +87,65 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    """``cerebro report DIR``: write DIR/gantt.png and DIR/report.html, print their paths."""
+    from .errors import CerebroError
+    from .report import write_report
+
+    try:
+        png, page = write_report(args.experiment_dir)
+    except CerebroError as exc:
+        print(f"cerebro report: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cerebro report: experiment directory {args.experiment_dir!r}: {exc}", file=sys.stderr)
+        return 2
+    print(png)
+    print(page)
+    return 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Rebuild the search from the experiment directory and finish it on LocalBackend."""
+    import pickle
+
+    from . import CerebroError, LocalBackend, LocalStore
+
+    exp_dir = os.path.abspath(args.experiment_dir)
+    pickled = os.path.join(exp_dir, "search.pkl")
+    meta_path = os.path.join(exp_dir, "experiment.json")
+    if not os.path.exists(meta_path):
+        print(f"cerebro resume: {exp_dir!r} is not an experiment directory (no experiment.json)", file=sys.stderr)
+        return 2
+    if not os.path.exists(pickled):
+        print(f"cerebro resume: {exp_dir!r} has no search.pkl: its estimator_gen_fn could not be saved by reference "
+              "(a lambda or local function); resume from your program with fit(df, resume=True)", file=sys.stderr)
+        return 2
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    try:
+        with open(pickled, "rb") as fh:
+            search = pickle.load(fh)
+    except (AttributeError, ImportError, ModuleNotFoundError) as exc:
+        print(f"cerebro resume: cannot import the search's estimator_gen_fn ({exc}); make its module importable "
+              "(PYTHONPATH) or resume from your program with fit(df, resume=True)", file=sys.stderr)
+        return 2
+    store_root = os.path.dirname(os.path.dirname(exp_dir))
+    search.store = LocalStore(store_root)
+    search.experiment_name = os.path.basename(exp_dir)
+    search.verbose = 0 if args.quiet else 1
+    try:
+        with LocalBackend(num_workers=meta["num_workers"]) as backend:
+            search.backend = backend
+            result = search.fit(None, resume=True)
+    except (CerebroError, ValueError) as exc:
+        print(f"cerebro resume: {exc}", file=sys.stderr)
+        return 1
+    print(f"finished {search.experiment_name}: best {result.best_model_id} {result.best_params} "
+          f"{result.evaluation_metric}={result.best_score:.4f}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cerebro", description="Deep-learning model selection with model hopper parallelism.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,11 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--epochs", type=int, default=5, help="epochs per configuration (default 5)")
     p_demo.add_argument("--store", default="cerebro-demo", help="store directory (default ./cerebro-demo)")
     p_demo.add_argument("--seed", type=int, default=2020)
+    p_report = sub.add_parser("report", help="write a Gantt chart and a self-contained HTML report of an experiment")
+    p_report.add_argument("experiment_dir", metavar="EXPERIMENT_DIR",
+                          help="an experiment directory (<store>/experiments/<name>) written by fit")
+    p_resume = sub.add_parser("resume", help="continue an interrupted experiment from what its journal committed")
+    p_resume.add_argument("experiment_dir", metavar="EXPERIMENT_DIR",
+                          help="the interrupted experiment's directory (<store>/experiments/<name>)")
+    p_resume.add_argument("--quiet", action="store_true", help="no live progress")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "demo":
         return demo(args)
+    if args.command == "report":
+        return report(args)
+    if args.command == "resume":
+        return resume(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2
 

@@ -6,12 +6,14 @@ work starts, prepares the data once, then hands the search to the engine.
 
 from __future__ import annotations
 
-import json
+import copy
+import hashlib
 import logging
 import math
 import os
 import pickle
 import re
+import tempfile
 import time
 import traceback
 import uuid
@@ -27,6 +29,7 @@ from .core.seeds import derive_seed
 from .drivers.base import SearchDriver
 from .drivers.grid import GridDriver, RandomDriver
 from .errors import CerebroError
+from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock
 from .result import ModelSelectionResult, TrainedModel
 from .space import validate_space
 from .storage import Store
@@ -55,32 +58,26 @@ def _columns(owner: str, name: str, value: Any) -> tuple[str, ...]:
     return cols
 
 
-class _Journal:
-    """Append-only JSON lines, flushed per record, in the experiment directory."""
+def _fan_out(listeners: list):
+    """One engine listener calling every listener in order (the list may grow later)."""
 
-    def __init__(self, store: Store, path: str) -> None:
-        self.store = store
-        self.path = path
-        local = store.local_path(path)
-        self._fh = None
-        self._buffer: list[str] = []
-        if local is not None:
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            self._fh = open(local, "a", encoding="utf-8")
+    def listener(event: str, info) -> None:
+        for target in listeners:
+            target(event, info)
 
-    def __call__(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=repr, sort_keys=True)
-        if self._fh is not None:
-            self._fh.write(line + "\n")
-            self._fh.flush()
-        else:
-            self._buffer.append(line)
+    return listener
 
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        elif self._buffer:
-            self.store.write_bytes(self.path, ("\n".join(self._buffer) + "\n").encode())
+
+def _close_all(listeners: list, status: str) -> None:
+    """Close every listener that has ``close(status)`` ("FINISHED" or "FAILED")."""
+    for target in listeners:
+        close = getattr(target, "close", None)
+        if close is None:
+            continue
+        try:
+            close(status)
+        except Exception:  # closing a tracker must never hide the run's own outcome
+            log.exception("closing %r failed", target)
 
 
 class ModelSelection:
@@ -107,6 +104,9 @@ class ModelSelection:
         experiment_name: str | None = None,
         mlflow_tracking_uri: str | None = None,
         verbose: int = 1,
+        max_retries: int = 2,
+        max_consecutive_failures: int | None = None,
+        tensorboard: bool = True,
     ) -> None:
         self.backend = backend
         self.store = store
@@ -124,6 +124,9 @@ class ModelSelection:
         self.experiment_name = experiment_name
         self.mlflow_tracking_uri = mlflow_tracking_uri
         self.verbose = verbose
+        self.max_retries = max_retries
+        self.max_consecutive_failures = max_consecutive_failures
+        self.tensorboard = tensorboard
 
     # ------------------------------------------------------------------ validation
 
@@ -173,7 +176,14 @@ class ModelSelection:
         if self.early_stopping is not None:
             raise ValueError(f"The 'early_stopping' parameter of {owner} is not supported in this version; leave it None.")
         if self.mlflow_tracking_uri is not None:
-            raise ValueError(f"The 'mlflow_tracking_uri' parameter of {owner} is not supported in this version; leave it None.")
+            if not isinstance(self.mlflow_tracking_uri, str) or not self.mlflow_tracking_uri:
+                raise TypeError(f"The 'mlflow_tracking_uri' parameter of {owner} must be a tracking URI string or None. Got {self.mlflow_tracking_uri!r} instead.")
+            from .tracking import require_mlflow
+
+            require_mlflow()
+        _int_param(owner, "max_retries", self.max_retries, minimum=0)
+        if self.max_consecutive_failures is not None:
+            _int_param(owner, "max_consecutive_failures", self.max_consecutive_failures)
         if self.experiment_name is not None and (not isinstance(self.experiment_name, str) or not _NAME.match(self.experiment_name) or ".." in self.experiment_name):
             raise ValueError(f"The 'experiment_name' parameter of {owner} must match [A-Za-z0-9._-]+. Got {self.experiment_name!r} instead.")
         if self.verbose not in (0, 1, 2, True, False):
@@ -182,30 +192,135 @@ class ModelSelection:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, df, resume: bool = False) -> ModelSelectionResult:
-        """Run the model selection on ``df`` (pandas DataFrame or Parquet path).  Blocks until done."""
-        from .data import prepare_data
+    def fit(self, df=None, resume: bool = False) -> ModelSelectionResult:
+        """Run the model selection on ``df`` (pandas DataFrame or Parquet path).  Blocks until done.
 
+        With ``resume=True`` and the ``experiment_name`` of an interrupted run, the run goes on
+        from what the journal committed (``df`` may then be None: the prepared data in the
+        store is used).
+        """
         args = self._validate()
         store: Store = args["store"]
+        if resume and self.experiment_name is None:
+            raise ValueError(f"resume=True needs the 'experiment_name' of the interrupted experiment ({self._owner}).")
         name = self.experiment_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         exp_dir = layout.experiment_dir(name)
+        records = read_journal(store, name) if store.exists(exp_dir) else []
         if resume:
-            raise CerebroError("resume=True is not supported in this version: the experiment journal cannot be replayed yet")
-        if store.exists(layout.journal(name)) or store.exists(exp_dir):
+            state = journal_state(records)
+            if state == "new":
+                raise ValueError(f"resume=True but experiment {name!r} has no journal in {store.url}; there is nothing to resume")
+            if state == "finished":
+                raise ValueError(f"experiment {name!r} already finished; nothing to resume (choose a new experiment_name)")
+            meta = store.read_json(f"{exp_dir}/experiment.json")
+            if meta["num_workers"] != self.backend.num_workers:
+                raise ValueError(
+                    f"experiment {name!r} ran with num_workers={meta['num_workers']} (one data partition each); "
+                    f"resume it with a backend of {meta['num_workers']} workers, not {self.backend.num_workers}"
+                )
+        elif store.exists(exp_dir):
             raise ValueError(
                 f"experiment {name!r} already exists in the store ({store.url}/{exp_dir}); choose another "
                 "experiment_name, or pass resume=True to continue an interrupted run"
             )
-        p = self.backend.num_workers
-        prepared = prepare_data(
-            df, store, feature_columns=args["features"], label_columns=args["labels"],
-            validation=self.validation, num_partitions=p, seed=self.seed,
-        )
+        prepared = self._prepare(df, store, args, records_meta=(store.read_json(f"{exp_dir}/experiment.json") if resume else None))
         driver = self._make_driver()
-        driver.bind(args["space"], make_rng(self.seed), p)
+        driver.bind(args["space"], make_rng(self.seed), self.backend.num_workers)
         metric = "val_" + strip_prefix(self.evaluation_metric)
         mode = args["mode"]
+
+        if not resume:
+            store.makedirs(exp_dir)
+        acquire_lock(store, name)
+        try:
+            if not resume:
+                self._write_experiment(store, name, prepared, args)
+            journal = Journal(store, name)
+            journal({"type": "resumed" if resume else "started", "time": time.time(), "pid": os.getpid()})
+            listeners = self._listeners(store, name, args, metric, mode)
+            engine = Engine(
+                backend=self.backend, setup=WorkerSetup(store, prepared.to_dict(), None, store.local_path("logs")),
+                scheduler=MOPScheduler(self.backend.num_workers, mode=self.scheduler, seed=self.seed, max_retries=self.max_retries),
+                driver=driver, create_model=self._model_factory(store, name, prepared),
+                checkpoint_path=lambda m, e, h, a: layout.checkpoint(name, m, e, h, a),
+                delete=store.delete, seed=self.seed, journal=journal, metric=metric, mode=mode,
+                max_consecutive_failures=self.max_consecutive_failures,
+                listener=_fan_out(listeners),
+            )
+            if resume:
+                engine.restore(records)
+                self._remove_orphan_checkpoints(store, name, engine)
+            progress = None
+            if self.verbose:
+                from .progress import RichProgress
+
+                progress = RichProgress(driver.total_sub_epochs(self.backend.num_workers), metric, mode,
+                                        epochs_per_model=getattr(driver, "num_epochs", None))
+                progress.seed(engine)
+                listeners.append(progress)
+            try:
+                if progress is not None:
+                    with progress:
+                        outcome = engine.run()
+                else:
+                    outcome = engine.run()
+            except ValueError:
+                if not resume and not engine.history and not engine.visits:
+                    # Refused before any training: leave nothing half-written behind.
+                    _close_all(listeners, "FAILED")
+                    release_lock(store, name)
+                    store.delete(exp_dir)
+                raise
+            except BaseException:
+                journal({"type": "aborted", "time": time.time()})
+                _close_all(listeners, "FAILED")
+                raise
+            journal({"type": "finished", "time": time.time()})
+            _close_all(listeners, "FINISHED")
+            return self._result(outcome, store, name, prepared, metric, mode)
+        finally:
+            release_lock(store, name)
+
+    # ------------------------------------------------------------------ fit helpers
+
+    def _prepare(self, df, store: Store, args: dict[str, Any], records_meta: dict | None):
+        from .data import PreparedData, prepare_data
+
+        if df is None:
+            if records_meta is None:
+                raise TypeError(f"{self._owner}.fit() needs a DataFrame or a Parquet path (df=None only with resume=True)")
+            return PreparedData.from_dict(store.read_json(layout.data_manifest(records_meta["data_key"])))
+        prepared = prepare_data(
+            df, store, feature_columns=args["features"], label_columns=args["labels"],
+            validation=self.validation, num_partitions=self.backend.num_workers, seed=self.seed,
+        )
+        if records_meta is not None and prepared.key != records_meta["data_key"]:
+            raise ValueError(
+                f"the data given to resume differs from the interrupted run's (prepared key {prepared.key} vs "
+                f"{records_meta['data_key']}); resume with the same data, or with df=None to use the stored copy"
+            )
+        return prepared
+
+    def _write_experiment(self, store: Store, name: str, prepared, args: dict[str, Any]) -> None:
+        exp_dir = layout.experiment_dir(name)
+        store.write_json(f"{exp_dir}/experiment.json", {
+            "name": name, "search": self._owner, "data_key": prepared.key, "data_hash": prepared.data_hash,
+            "num_workers": self.backend.num_workers, "num_epochs": self.num_epochs,
+            "evaluation_metric": self.evaluation_metric, "mode": args["mode"], "seed": self.seed,
+            "scheduler": self.scheduler, "search_space": repr(args["space"]),
+            "feature_columns": list(args["features"]), "label_columns": list(args["labels"]),
+            "validation": self.validation, "started": time.time(),
+        })
+        # What `cerebro resume` needs to rebuild this search: every argument but the backend
+        # and the store (the estimator_gen_fn by reference, so it must be importable).
+        clone = copy.copy(self)
+        clone.backend, clone.store = None, None
+        try:
+            store.write_bytes(f"{exp_dir}/search.pkl", pickle.dumps(clone))
+        except Exception as exc:  # a lambda or local function cannot be pickled by reference
+            log.info("search arguments not saved for `cerebro resume` (%s); resume with fit(..., resume=True)", exc)
+
+    def _model_factory(self, store: Store, name: str, prepared) -> Callable[[str, int, dict], ModelInit]:
         input_width = sum(math.prod(s) for s in prepared.feature_shapes.values())
         checked: list[bool] = []
 
@@ -237,49 +352,41 @@ class ModelSelection:
             ckpt = layout.checkpoint(name, model_id, 0, 0)
             store.write_bytes(spec_path, pickle.dumps(spec))
             store.write_bytes(ckpt, spec.initial_state)
-            return ModelInit(spec_path, ckpt)
+            return ModelInit(spec_path, ckpt, hashlib.sha256(spec.initial_state).hexdigest())
 
-        store.makedirs(exp_dir)
-        store.write_json(f"{exp_dir}/experiment.json", {
-            "name": name, "search": self._owner, "data_key": prepared.key, "data_hash": prepared.data_hash,
-            "num_workers": p, "num_epochs": self.num_epochs, "evaluation_metric": self.evaluation_metric, "mode": mode,
-            "seed": self.seed, "scheduler": self.scheduler, "search_space": repr(args["space"]),
-            "feature_columns": list(args["features"]), "label_columns": list(args["labels"]),
-            "validation": self.validation, "started": time.time(),
-        })
-        journal = _Journal(store, layout.journal(name))
-        log_dir = store.local_path("logs")
-        engine = Engine(
-            backend=self.backend, setup=WorkerSetup(store, prepared.to_dict(), None, log_dir),
-            scheduler=MOPScheduler(p, mode=self.scheduler, seed=self.seed), driver=driver,
-            create_model=create_model,
-            checkpoint_path=lambda m, e, h, a: layout.checkpoint(name, m, e, h, a),
-            delete=store.delete, seed=self.seed, journal=journal,
-            listener=None,
-        )
-        progress = None
-        if self.verbose:
-            from .progress import RichProgress
+        return create_model
 
-            progress = RichProgress(driver.total_sub_epochs(p), metric, mode)
-            engine.listener = progress
-        try:
-            if progress is not None:
-                with progress:
-                    outcome = engine.run()
-            else:
-                outcome = engine.run()
-        except ValueError:
-            journal.close()
-            store.delete(exp_dir)  # refused before training: leave nothing half-written behind
-            raise
-        except BaseException:
-            journal({"type": "aborted", "time": time.time()})
-            journal.close()
-            raise
-        journal({"type": "finished", "time": time.time()})
-        journal.close()
-        return self._result(outcome, store, name, prepared, metric, mode)
+    def _listeners(self, store: Store, name: str, args: dict[str, Any], metric: str, mode: str) -> list:
+        listeners: list = []
+        exp_local = store.local_path(layout.experiment_dir(name))
+        if self.tensorboard and exp_local is not None:
+            from .tracking import TensorBoardLogger
+
+            listeners.append(TensorBoardLogger(os.path.join(exp_local, "tensorboard"), hparam_names=sorted(args["space"])))
+        if self.mlflow_tracking_uri is not None:
+            from .tracking import MLflowLogger
+
+            state_dir = exp_local or tempfile.mkdtemp(prefix="cerebro-mlflow-")
+            listeners.append(MLflowLogger(
+                self.mlflow_tracking_uri, name, state_path=os.path.join(state_dir, "mlflow.json"),
+                parent_params={"search": self._owner, "num_epochs": self.num_epochs, "seed": self.seed,
+                               "evaluation_metric": metric, "mode": mode, "scheduler": self.scheduler,
+                               "num_workers": self.backend.num_workers},
+            ))
+        return listeners
+
+    @staticmethod
+    def _remove_orphan_checkpoints(store: Store, name: str, engine: Engine) -> None:
+        """Checkpoints written by visits that never committed (in flight at the crash) go."""
+        keep = {m.checkpoint for m in engine.models.values()}
+        if engine.best is not None:
+            keep.add(engine.best["checkpoint"])
+        for model_id in engine.models:
+            ckpt_dir = layout.checkpoint_dir(name, model_id)
+            for fname in store.listdir(ckpt_dir):
+                path = f"{ckpt_dir}/{fname}"
+                if path not in keep:
+                    store.delete(path)
 
     def _result(self, outcome, store: Store, name: str, prepared, metric: str, mode: str) -> ModelSelectionResult:
         exp_dir = layout.experiment_dir(name)
@@ -306,6 +413,7 @@ class ModelSelection:
                             "visit_order": [(v["epoch"], v["partition"]) for v in outcome.visits
                                             if v["model_id"] == mid and v["status"] == "ok"]},
                 _store=store, _spec_path=rec.spec_path or None, _checkpoint=rec.checkpoint or None,
+                _checksum=rec.checksum,
             )
         scored = []
         for mid, rec in outcome.models.items():
@@ -320,11 +428,15 @@ class ModelSelection:
         # Save tables next to the journal for people and tools that read the store directly.
         store.write_bytes(f"{exp_dir}/history.csv", history.to_csv(index=False).encode())
         store.write_bytes(f"{exp_dir}/visits.csv", visits.to_csv(index=False).encode())
+        store.write_bytes(f"{exp_dir}/evaluations.csv", evaluations.to_csv(index=False).encode())
+        checkpoint_bytes = sum(store.size(layout.checkpoint_dir(name, m)) for m in outcome.models)
+        log.info("experiment %s: %d checkpoints bytes kept in the store", name, checkpoint_bytes)
         return ModelSelectionResult(
             best_model_id=best[2], best_params=dict(outcome.models[best[2]].params), best_score=best[0],
             models=models, history=history, visits=visits, failures=dict(outcome.failures),
             experiment_dir=store.local_path(exp_dir) or f"{store.url}/{exp_dir}",
             evaluation_metric=metric, mode=mode, evaluations=evaluations,
+            best_checkpoint=outcome.best_checkpoint, checkpoint_bytes=checkpoint_bytes,
         )
 
 
