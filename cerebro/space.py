@@ -95,6 +95,11 @@ def _check_q(kind: str, q: Any) -> float:
     return q
 
 
+def _check_has_step(kind: str, low: float, high: float, q: float) -> None:
+    if math.ceil(low / q - 1e-9) * q > high + 1e-12:
+        raise ValueError(f"{kind} has no multiple of q={q!r} between low={low!r} and high={high!r}.")
+
+
 def _quantize(value: float, q: float, low: float, high: float) -> float:
     # hyperopt's definition: round(x / q) * q, kept inside [low, high] so bounds are honoured.
     out = round(value / q) * q
@@ -113,7 +118,7 @@ class QUniform(Dimension):
 
     def __post_init__(self) -> None:
         _check_range("hp_quniform", _finite("low", self.low), _finite("high", self.high))
-        _check_q("hp_quniform", self.q)
+        _check_has_step("hp_quniform", self.low, self.high, _check_q("hp_quniform", self.q))
 
     def sample(self, rng: np.random.Generator) -> float:
         return _quantize(float(rng.uniform(self.low, self.high)), self.q, self.low, self.high)
@@ -132,7 +137,7 @@ class QLogUniform(Dimension):
                 f"hp_qloguniform needs positive bounds (values, not exponents). Got low={self.low!r}, high={self.high!r}."
             )
         _check_range("hp_qloguniform", low, high)
-        _check_q("hp_qloguniform", self.q)
+        _check_has_step("hp_qloguniform", low, high, _check_q("hp_qloguniform", self.q))
 
     def sample(self, rng: np.random.Generator) -> float:
         value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))

@@ -16,17 +16,47 @@ from ..space import Dimension
 
 @dataclass(frozen=True)
 class Continue:
-    """Train the model for another epoch."""
+    """Train the model for another epoch.
+
+    ``model_id=None`` means the model whose epoch just ended; naming another model that is
+    paused (awaiting) resumes it (an ASHA/Hyperband promotion).
+    """
+
+    model_id: str | None = None
 
 
 @dataclass(frozen=True)
 class Stop:
-    """End the model now (at this epoch boundary)."""
+    """End the model now (at this epoch boundary).  ``reason="finished"`` marks a model that
+    completed its planned epochs (status "completed"); any other reason is an early stop."""
 
     reason: str = ""
+    model_id: str | None = None
 
 
-Decision = Continue | Stop
+@dataclass(frozen=True)
+class Pause:
+    """Keep the model at its epoch boundary, holding no worker, until a later Continue/Stop
+    (from any later driver call) names it."""
+
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Exploit:
+    """PBT's exploit step: ``target`` (paused at an epoch boundary, or the model whose epoch
+    just ended) takes a copy of ``source``'s latest committed state (weights and optimizer
+    state) and continues with ``params``.  The engine rebuilds the estimator for ``params``
+    (it must keep the architecture) and sets the new learning rate on the copied optimizer
+    state in place.  Follow it with Continue(target) or Pause(target) in the same list."""
+
+    target: str
+    source: str
+    params: dict
+
+
+Action = Continue | Stop | Pause | Exploit
+Decision = Action  # what on_epoch_end returns: one action or a list of them
 
 
 class SearchDriver:
@@ -42,26 +72,42 @@ class SearchDriver:
         self.space: dict[str, Dimension] = {}
         self.rng: np.random.Generator = np.random.default_rng(0)
         self.num_workers = 1
+        self.metric = "val_loss"
+        self.mode = "min"
 
-    def bind(self, space: Mapping[str, Dimension], rng: np.random.Generator, num_workers: int) -> None:
-        """Give the driver its search space, its random generator and the worker count."""
+    def bind(self, space: Mapping[str, Dimension], rng: np.random.Generator, num_workers: int,
+             metric: str = "val_loss", mode: str = "min") -> None:
+        """Give the driver its search space, its random generator, the worker count, and the
+        metric it optimises (a key of the metrics dict passed to on_epoch_end, e.g.
+        "val_accuracy") with its direction ("min" or "max")."""
         self.space = dict(space)
         self.rng = rng
         self.num_workers = num_workers
+        self.metric = metric
+        self.mode = mode
 
     def suggest(self, num_active: int) -> list[dict[str, Any]] | None:
         """New configurations to start now ([] for none now); ``None`` once it will never propose again."""
         raise NotImplementedError
 
-    def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Decision:
-        """Decide after ``epoch`` (1-based) of ``model_id``, given its train_/val_ metrics."""
+    def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Action | list[Action]:
+        """Decide after ``epoch`` (1-based) of ``model_id``, given its train_/val_ metrics.
+
+        Return one action for this model (``Continue()``, ``Stop(reason)``, ``Pause()``) or a
+        list of actions about any models (each paused model named at most once).  The model
+        whose epoch ended must be covered: if no action names it, it is paused.
+        """
         raise NotImplementedError
 
     def on_model_added(self, model_id: str, params: Mapping[str, Any]) -> None:
         """The engine created ``model_id`` for ``params`` (in the order they were suggested)."""
 
-    def on_model_failed(self, model_id: str | None, params: Mapping[str, Any], error: str) -> None:
-        """A configuration failed (``model_id`` is None when even building it failed)."""
+    def on_model_failed(self, model_id: str | None, params: Mapping[str, Any], error: str) -> list[Action] | None:
+        """A configuration failed (``model_id`` is None when even building it failed).
+
+        May return actions about paused models (e.g. the failure completed a rung: promote the
+        best ones); each must name its model."""
+        return None
 
     def total_sub_epochs(self, num_partitions: int) -> int | None:
         """The number of training sub-epochs the search will run, when known in advance (for progress)."""

@@ -22,6 +22,7 @@ from cerebro.space import (
     lambda: hp_randint(5, 5),
     lambda: hp_choice([]),
     lambda: hp_uniform(0.0, float("inf")),
+    lambda: hp_quniform(1, 2, 3),
 ])
 def test_bad_ranges_raise_value_error_at_construction(make):
     with pytest.raises(ValueError):

@@ -1,0 +1,231 @@
+"""Population based training (Jaderberg et al. 2017), asynchronous as in Ray Tune's PBT.
+
+The whole population is proposed at once; every model trains ``num_epochs``.  When a model
+ends an epoch that is a multiple of ``perturbation_interval`` (before the last), it is ranked
+by its latest score against the latest scores of the population (every model that reported,
+failed ones excepted).  In the bottom ``quantile_fraction`` it *exploits*: it takes a copy of
+the state of a model drawn uniformly from the top ``quantile_fraction`` and *explores*
+around that model's hyperparameters; otherwise it continues unchanged.
+
+Explore: with ``mutations=None`` every continuous dimension of the search space is multiplied
+by 0.8 or 1.2 (a fair coin), clipped to its bounds (re-quantised for q-dimensions, an integer
+for hp_randint), and every hp_choice is resampled with probability 0.25.  A ``mutations``
+dict maps a parameter name to an hp_* dimension (resampled), a list of values (one drawn
+uniformly) or a callable ``(value, rng) -> new value``; only those parameters change.
+
+Pure: all randomness comes from ``self.rng``; the state (with the lineage of every exploit)
+is JSON-able.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform, _quantize, sample
+from .base import Action, Continue, Exploit, SearchDriver, Stop
+from .hyperband import _badness, _int_arg, _score
+
+RESAMPLE_PROBABILITY = 0.25
+PERTURB_FACTORS = (0.8, 1.2)
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars as Python numbers, so params stay JSON-able."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def perturb(dim: Dimension, value: Any, rng: np.random.Generator) -> Any:
+    """One explore step of ``value`` within ``dim`` (the ``mutations=None`` rule)."""
+    if isinstance(dim, Choice):
+        if rng.random() < RESAMPLE_PROBABILITY:
+            return dim.sample(rng)
+        return value
+    factor = PERTURB_FACTORS[int(rng.integers(2))]
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        return value  # not a number (the user built it by hand): leave it
+    new = float(value) * factor
+    if isinstance(dim, (Uniform, LogUniform)):
+        return float(min(max(new, dim.low), dim.high))
+    if isinstance(dim, (QUniform, QLogUniform)):
+        out = _quantize(min(max(new, dim.low), dim.high), dim.q, dim.low, dim.high)
+        if out == float(value):  # rounding swallowed the step: move one quantum the same way
+            step = dim.q if factor > 1 else -dim.q
+            out = _quantize(min(max(float(value) + step, dim.low), dim.high), dim.q, dim.low, dim.high)
+        return out
+    if isinstance(dim, RandInt):
+        out = int(math.floor(new + 0.5))
+        if out == int(value):  # small integers: 2 * 0.8 and 2 * 1.2 both round to 2
+            out += 1 if factor > 1 else -1
+        return int(min(max(out, dim.low), dim.high - 1))
+    return value
+
+
+def _copy_model(m: Mapping[str, Any]) -> dict[str, Any]:
+    return {**m, "params": dict(m["params"])}
+
+
+def _copy_exploit(e: Mapping[str, Any]) -> dict[str, Any]:
+    return {**e, "old_params": dict(e["old_params"]), "new_params": dict(e["new_params"])}
+
+
+class PBTDriver(SearchDriver):
+    """Population based training; ``exploits()`` gives the lineage."""
+
+    def __init__(self, population_size: int, num_epochs: int, perturbation_interval: int = 1,
+                 quantile_fraction: float = 0.25, mutations: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.population_size = _int_arg("population_size", population_size, 1)
+        self.num_epochs = _int_arg("num_epochs", num_epochs, 1)
+        self.perturbation_interval = _int_arg("perturbation_interval", perturbation_interval, 1)
+        if isinstance(quantile_fraction, bool) or not isinstance(quantile_fraction, (int, float)):
+            raise TypeError(f"The 'quantile_fraction' parameter must be a number. Got {quantile_fraction!r} instead.")
+        if not 0 < quantile_fraction <= 0.5:
+            raise ValueError(f"The 'quantile_fraction' parameter must be in (0, 0.5]. Got {quantile_fraction!r} instead.")
+        self.quantile_fraction = float(quantile_fraction)
+        self.mutations: dict[str, Dimension | Callable[[Any, np.random.Generator], Any]] | None = None
+        if mutations is not None:
+            if not isinstance(mutations, Mapping):
+                raise TypeError(f"The 'mutations' parameter must be a dict of name -> hp_* dimension, list or callable. Got {mutations!r}.")
+            self.mutations = {}
+            for name in sorted(mutations):
+                spec = mutations[name]
+                if isinstance(spec, (list, tuple)):
+                    spec = Choice(tuple(spec))
+                if not isinstance(spec, Dimension) and not callable(spec):
+                    raise TypeError(
+                        f"mutations[{name!r}] must be an hp_* dimension, a list of values or a callable (value, rng) -> value. Got {spec!r}."
+                    )
+                self.mutations[name] = spec
+        self._suggested = False
+        self._pending = 0
+        self._models: dict[str, dict[str, Any]] = {}  # id -> {"params", "status", "score", "epoch"}
+        self._exploits: list[dict[str, Any]] = []
+
+    def bind(self, space, rng, num_workers, metric="val_loss", mode="min") -> None:
+        super().bind(space, rng, num_workers, metric, mode)
+        if self.mutations is not None:
+            unknown = sorted(set(self.mutations) - set(self.space))
+            if unknown:
+                raise ValueError(f"mutations name parameters that are not in the search space: {unknown}; "
+                                 f"the search space has {sorted(self.space)}.")
+
+    # ------------------------------------------------------------------ public
+
+    def exploits(self) -> list[dict[str, Any]]:
+        """The lineage: one dict per exploit, in order: epoch, target, source, their scores,
+        old_params (the target's) and new_params (explored from the source's)."""
+        return [_copy_exploit(e) for e in self._exploits]
+
+    def params(self, model_id: str) -> dict[str, Any]:
+        """The current hyperparameters of ``model_id`` (after any exploit)."""
+        return dict(self._models[model_id]["params"])
+
+    def explore(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """New hyperparameters around ``params`` (draws from ``self.rng``)."""
+        new = dict(params)
+        if self.mutations is None:
+            for name in sorted(self.space):
+                if name in new:
+                    new[name] = _json_value(perturb(self.space[name], new[name], self.rng))
+        else:
+            for name, spec in self.mutations.items():
+                if isinstance(spec, Dimension):
+                    new[name] = _json_value(spec.sample(self.rng))
+                else:
+                    new[name] = _json_value(spec(new.get(name), self.rng))
+        return new
+
+    def quantiles(self) -> tuple[list[str], list[str]]:
+        """(bottom, top): the models in the bottom and top ``quantile_fraction`` by latest score.
+
+        Both are empty with fewer than 2 scored models; they never overlap (Ray Tune's rule:
+        ceil(n * fraction) models each, at most floor(n / 2))."""
+        scored = [mid for mid, m in self._models.items() if m["epoch"] > 0 and m["status"] != "failed"]
+        if len(scored) < 2:
+            return [], []
+        position = {mid: i for i, mid in enumerate(self._models)}
+        ranked = sorted(scored, key=lambda mid: (_badness(self._models[mid]["score"], self.mode), position[mid]))
+        k = min(int(math.ceil(len(ranked) * self.quantile_fraction)), len(ranked) // 2)
+        return ranked[len(ranked) - k:], ranked[:k]
+
+    # ------------------------------------------------------------------ driver
+
+    def suggest(self, num_active: int) -> list[dict[str, Any]] | None:
+        if self._suggested:
+            return None
+        self._suggested = True
+        out = [sample(self.space, self.rng) for _ in range(self.population_size)]
+        self._pending = len(out)
+        return out
+
+    def on_model_added(self, model_id: str, params: Mapping[str, Any]) -> None:
+        self._pending = max(self._pending - 1, 0)
+        self._models[model_id] = {"params": {k: _json_value(v) for k, v in params.items()},
+                                  "status": "training", "score": None, "epoch": 0}
+
+    def on_model_failed(self, model_id: str | None, params: Mapping[str, Any], error: str) -> list[Action]:
+        """A failed model is left out of the quantiles from now on (never a source)."""
+        if model_id is None:
+            self._pending = max(self._pending - 1, 0)
+        elif model_id in self._models:
+            self._models[model_id]["status"] = "failed"
+        return []
+
+    def on_model_stopped(self, model_id: str, epoch: int, metrics: Mapping[str, float], reason: str) -> list[Action]:
+        """Someone else (an early-stopping wrapper) ended ``model_id``: it stays a possible source."""
+        if model_id in self._models and self._models[model_id]["status"] == "training":
+            self._models[model_id]["status"] = "done"
+        return []
+
+    def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Action | list[Action]:
+        model = self._models.get(model_id)
+        if model is None:
+            raise ValueError(f"PBTDriver was told about the epoch of unknown model {model_id!r}")
+        model["score"] = _score(metrics, self.metric)
+        model["epoch"] = int(epoch)
+        if epoch >= self.num_epochs:
+            model["status"] = "done"
+            return Stop("finished")
+        if epoch % self.perturbation_interval != 0:
+            return Continue()
+        bottom, top = self.quantiles()
+        if model_id not in bottom or not top:
+            return Continue()
+        source = top[int(self.rng.integers(len(top)))]
+        src = self._models[source]
+        old = dict(model["params"])
+        new = self.explore(src["params"])
+        self._exploits.append({
+            "epoch": int(epoch), "target": model_id, "source": source,
+            "target_score": model["score"], "source_score": src["score"], "source_epoch": src["epoch"],
+            "old_params": old, "new_params": dict(new),
+        })
+        model["params"] = dict(new)
+        model["score"] = src["score"]  # it now holds the source's state
+        return [Exploit(target=model_id, source=source, params=dict(new)), Continue(model_id=model_id)]
+
+    def total_sub_epochs(self, num_partitions: int) -> int | None:
+        return self.population_size * self.num_epochs * num_partitions
+
+    # ------------------------------------------------------------------ state
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            **super().get_state(),
+            "suggested": self._suggested,
+            "pending": self._pending,
+            "models": {mid: _copy_model(m) for mid, m in self._models.items()},
+            "exploits": [_copy_exploit(e) for e in self._exploits],
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        self._suggested = bool(state["suggested"])
+        self._pending = int(state["pending"])
+        self._models = {str(mid): _copy_model(m) for mid, m in state["models"].items()}
+        self._exploits = [_copy_exploit(e) for e in state["exploits"]]
