@@ -28,8 +28,22 @@ class Journal:
         self.path = layout.journal(name)
 
     def __call__(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, default=repr, sort_keys=True, allow_nan=True) + "\n"
+        line = json.dumps(record, default=_plain, sort_keys=True, allow_nan=True) + "\n"
         self.store.append_bytes(self.path, line.encode("utf-8"))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON; anything else is an error, never a lossy repr
+    (a journal that cannot be read back exactly cannot resume)."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"cannot journal {type(value).__name__} {value!r}: experiment records must be JSON data")
 
 
 def read_journal(store: Store, name: str) -> list[dict[str, Any]]:

@@ -174,7 +174,10 @@ class ModelSelection:
         if self.scheduler not in ("dynamic", "deterministic"):
             raise ValueError(f"The 'scheduler' parameter of {owner} must be 'dynamic' or 'deterministic'. Got {self.scheduler!r} instead.")
         if self.early_stopping is not None:
-            raise ValueError(f"The 'early_stopping' parameter of {owner} is not supported in this version; leave it None.")
+            from .drivers.early_stopping import MedianStopping
+
+            if not isinstance(self.early_stopping, MedianStopping):
+                raise TypeError(f"The 'early_stopping' parameter of {owner} must be None or a MedianStopping(...). Got {self.early_stopping!r} instead.")
         if self.mlflow_tracking_uri is not None:
             if not isinstance(self.mlflow_tracking_uri, str) or not self.mlflow_tracking_uri:
                 raise TypeError(f"The 'mlflow_tracking_uri' parameter of {owner} must be a tracking URI string or None. Got {self.mlflow_tracking_uri!r} instead.")
@@ -224,10 +227,14 @@ class ModelSelection:
                 "experiment_name, or pass resume=True to continue an interrupted run"
             )
         prepared = self._prepare(df, store, args, records_meta=(store.read_json(f"{exp_dir}/experiment.json") if resume else None))
-        driver = self._make_driver()
-        driver.bind(args["space"], make_rng(self.seed), self.backend.num_workers)
         metric = "val_" + strip_prefix(self.evaluation_metric)
         mode = args["mode"]
+        driver = self._make_driver()
+        if self.early_stopping is not None:
+            from .drivers.early_stopping import EarlyStoppingDriver
+
+            driver = EarlyStoppingDriver(driver, copy.deepcopy(self.early_stopping))
+        driver.bind(args["space"], make_rng(self.seed), self.backend.num_workers, metric, mode)
 
         if not resume:
             store.makedirs(exp_dir)
@@ -242,6 +249,7 @@ class ModelSelection:
                 backend=self.backend, setup=WorkerSetup(store, prepared.to_dict(), None, store.local_path("logs")),
                 scheduler=MOPScheduler(self.backend.num_workers, mode=self.scheduler, seed=self.seed, max_retries=self.max_retries),
                 driver=driver, create_model=self._model_factory(store, name, prepared),
+                exploit=self._exploit_factory(store, name, prepared),
                 checkpoint_path=lambda m, e, h, a: layout.checkpoint(name, m, e, h, a),
                 delete=store.delete, seed=self.seed, journal=journal, metric=metric, mode=mode,
                 max_consecutive_failures=self.max_consecutive_failures,
@@ -356,6 +364,33 @@ class ModelSelection:
 
         return create_model
 
+    def _exploit_factory(self, store: Store, name: str, prepared) -> Callable[[Any, Any, dict], ModelInit]:
+        input_width = sum(math.prod(s) for s in prepared.feature_shapes.values())
+
+        def exploit(target, source, params: dict[str, Any]) -> ModelInit:
+            """PBT: target continues from source's committed state with ``params``."""
+            from .frameworks.keras import seed_model_creation, transfer_learning_rate
+            from .worker import read_checkpoint
+
+            seed_model_creation(derive_seed(self.seed, 4, target.index, target.spec_version))
+            spec = self.estimator_gen_fn(dict(params)).make_spec([(input_width,)])
+            source_spec = pickle.loads(store.read_bytes(source.spec_path))
+            if spec.arch_key != source_spec.arch_key:
+                raise CerebroError(
+                    f"exploit of {source.model_id} into {target.model_id} with params {params}: these parameters change "
+                    "the model's architecture or optimizer configuration, so the source's state cannot be copied; "
+                    "mutate only parameters that keep it (learning rate, batch size, ...)"
+                )
+            state = transfer_learning_rate(read_checkpoint(store, source.epoch_checkpoint, source.epoch_checksum),
+                                           spec.initial_state)
+            spec_path = layout.model_spec(name, target.model_id, target.spec_version)
+            ckpt = layout.checkpoint(name, target.model_id, target.epochs_done + 1, 0, target.spec_version)
+            store.write_bytes(spec_path, pickle.dumps(spec))
+            store.write_bytes(ckpt, state)
+            return ModelInit(spec_path, ckpt, hashlib.sha256(state).hexdigest())
+
+        return exploit
+
     def _listeners(self, store: Store, name: str, args: dict[str, Any], metric: str, mode: str) -> list:
         listeners: list = []
         exp_local = store.local_path(layout.experiment_dir(name))
@@ -378,7 +413,7 @@ class ModelSelection:
     @staticmethod
     def _remove_orphan_checkpoints(store: Store, name: str, engine: Engine) -> None:
         """Checkpoints written by visits that never committed (in flight at the crash) go."""
-        keep = {m.checkpoint for m in engine.models.values()}
+        keep = {m.checkpoint for m in engine.models.values()} | {m.epoch_checkpoint for m in engine.models.values()}
         if engine.best is not None:
             keep.add(engine.best["checkpoint"])
         for model_id in engine.models:
@@ -391,13 +426,16 @@ class ModelSelection:
     def _result(self, outcome, store: Store, name: str, prepared, metric: str, mode: str) -> ModelSelectionResult:
         exp_dir = layout.experiment_dir(name)
         params_cols = sorted({k for m in outcome.models.values() for k in m.params})
-        history = pd.DataFrame(outcome.history)
+        rows = [{k: v for k, v in row.items() if k != "__params"} for row in outcome.history]
+        history = pd.DataFrame(rows)
         if history.empty:
             history = pd.DataFrame(columns=["model_id", "epoch"])
+        # Each epoch's own parameters (PBT changes them mid-run).
+        for col in params_cols:
+            history[f"param_{col}"] = [row.get("__params", outcome.models[row["model_id"]].params).get(col)
+                                       for row in outcome.history]
         # Rows in (model, epoch) order, whatever order the epochs finished in.
         history = history.sort_values(["model_id", "epoch"], kind="stable").reset_index(drop=True)
-        for col in params_cols:
-            history[f"param_{col}"] = [outcome.models[m].params.get(col) for m in history["model_id"]]
         visits = pd.DataFrame(outcome.visits, columns=["model_id", "epoch", "partition", "worker", "start", "end", "rows",
                                                         "status", "attempt", "load_s", "compute_s", "save_s"])
         evaluations = pd.DataFrame(outcome.evaluations, columns=visits.columns)
@@ -462,3 +500,103 @@ class RandomSearch(ModelSelection):
 
     def _make_driver(self) -> SearchDriver:
         return RandomDriver(self.num_models, self.num_epochs)
+
+
+class TPESearch(ModelSelection):
+    """Tree-structured Parzen estimators (hyperopt), asking for a configuration whenever a slot frees."""
+
+    def __init__(self, backend, store, estimator_gen_fn, search_space, num_models: int, num_epochs: int,
+                 parallelism: int | None = None, **kwargs: Any) -> None:
+        super().__init__(backend, store, estimator_gen_fn, search_space, num_epochs, **kwargs)
+        self.num_models = num_models
+        self.parallelism = parallelism
+
+    def _validate(self) -> dict[str, Any]:
+        _int_param(self._owner, "num_models", self.num_models)
+        if self.parallelism is not None:
+            _int_param(self._owner, "parallelism", self.parallelism)
+        return super()._validate()
+
+    def _make_driver(self) -> SearchDriver:
+        from .drivers.tpe import TPEDriver
+
+        return TPEDriver(self.num_models, self.num_epochs, self.parallelism)
+
+
+class HyperbandSearch(ModelSelection):
+    """Hyperband (Li et al.) with epochs as the resource: brackets of successive halving."""
+
+    def __init__(self, backend, store, estimator_gen_fn, search_space, max_epochs: int, eta: int = 3,
+                 **kwargs: Any) -> None:
+        super().__init__(backend, store, estimator_gen_fn, search_space, max_epochs, **kwargs)
+        self.max_epochs = max_epochs
+        self.eta = eta
+
+    def _validate(self) -> dict[str, Any]:
+        _int_param(self._owner, "max_epochs", self.max_epochs)
+        _int_param(self._owner, "eta", self.eta, minimum=2)
+        return super()._validate()
+
+    def _make_driver(self) -> SearchDriver:
+        from .drivers.hyperband import HyperbandDriver
+
+        return HyperbandDriver(self.max_epochs, self.eta)
+
+
+class ASHASearch(ModelSelection):
+    """Asynchronous successive halving: promotions by rung, no barrier."""
+
+    def __init__(self, backend, store, estimator_gen_fn, search_space, num_models: int, max_epochs: int,
+                 grace_period: int = 1, reduction_factor: int = 3, **kwargs: Any) -> None:
+        super().__init__(backend, store, estimator_gen_fn, search_space, max_epochs, **kwargs)
+        self.num_models = num_models
+        self.max_epochs = max_epochs
+        self.grace_period = grace_period
+        self.reduction_factor = reduction_factor
+
+    def _validate(self) -> dict[str, Any]:
+        _int_param(self._owner, "num_models", self.num_models)
+        _int_param(self._owner, "max_epochs", self.max_epochs)
+        _int_param(self._owner, "grace_period", self.grace_period)
+        _int_param(self._owner, "reduction_factor", self.reduction_factor, minimum=2)
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"The 'grace_period' parameter of {self._owner} must be <= max_epochs={self.max_epochs}. Got {self.grace_period} instead.")
+        return super()._validate()
+
+    def _make_driver(self) -> SearchDriver:
+        from .drivers.asha import ASHADriver
+
+        return ASHADriver(self.num_models, self.max_epochs, self.grace_period, self.reduction_factor)
+
+
+class PBTSearch(ModelSelection):
+    """Population-based training: the bottom quantile copies the top's state and perturbs its parameters."""
+
+    def __init__(self, backend, store, estimator_gen_fn, search_space, population_size: int, num_epochs: int,
+                 perturbation_interval: int = 1, quantile_fraction: float = 0.25, mutations: dict | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(backend, store, estimator_gen_fn, search_space, num_epochs, **kwargs)
+        self.population_size = population_size
+        self.perturbation_interval = perturbation_interval
+        self.quantile_fraction = quantile_fraction
+        self.mutations = mutations
+
+    def _validate(self) -> dict[str, Any]:
+        _int_param(self._owner, "population_size", self.population_size, minimum=2)
+        _int_param(self._owner, "perturbation_interval", self.perturbation_interval)
+        q = self.quantile_fraction
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 0.5:
+            raise ValueError(f"The 'quantile_fraction' parameter of {self._owner} must be a number in (0, 0.5]. Got {q!r} instead.")
+        if self.mutations is not None and not isinstance(self.mutations, Mapping):
+            raise TypeError(f"The 'mutations' parameter of {self._owner} must be None or a dict of name -> hp_* dimension or callable. Got {self.mutations!r} instead.")
+        args = super()._validate()
+        unknown = sorted(set(self.mutations or ()) - set(args["space"]))
+        if unknown:
+            raise ValueError(f"The 'mutations' parameter of {self._owner} names {unknown}, which are not in the search space {sorted(args['space'])}.")
+        return args
+
+    def _make_driver(self) -> SearchDriver:
+        from .drivers.pbt import PBTDriver
+
+        return PBTDriver(self.population_size, self.num_epochs, self.perturbation_interval, self.quantile_fraction,
+                         self.mutations)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from ..backends.base import Backend, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup
-from ..drivers.base import Continue, SearchDriver, Stop
+from ..drivers.base import Continue, Exploit, Pause, SearchDriver, Stop
 from ..errors import CerebroError
 from .events import (
     AbandonModel, EndEpoch, EvaluateSubEpoch, ModelAdded, ModelContinued, ModelRestored, ModelStopped,
@@ -56,11 +56,14 @@ class ModelRecord:
     params: dict[str, Any]
     spec_path: str
     checkpoint: str
-    status: str = "running"            # running | completed | stopped | failed
+    status: str = "running"            # running | paused | completed | stopped | failed
     epochs_done: int = 0
     hops: int = 0                      # committed training visits in the current epoch
     error: str | None = None
     checksum: str | None = None        # sha256 of the latest committed checkpoint
+    spec_version: int = 0              # bumped when an exploit gives the model new parameters
+    epoch_checkpoint: str = ""         # the state at its last epoch boundary (what PBT copies)
+    epoch_checksum: str | None = None
     sums: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
 
 
@@ -106,6 +109,7 @@ class Engine:
         create_model: Callable[[str, int, dict[str, Any]], ModelInit],
         checkpoint_path: Callable[[str, int, int, int], str],
         delete: Callable[[str], None] | None = None,
+        exploit: Callable[["ModelRecord", "ModelRecord", dict[str, Any]], ModelInit] | None = None,
         seed: int = 0,
         listener: Listener | None = None,
         journal: Callable[[dict[str, Any]], None] | None = None,
@@ -123,6 +127,7 @@ class Engine:
         self.create_model = create_model
         self.checkpoint_path = checkpoint_path
         self.delete = delete
+        self.exploit = exploit
         self.seed = seed
         self.listener = listener
         self.journal = journal
@@ -185,8 +190,13 @@ class Engine:
         evaluated: dict[str, dict[int, list[int]]] = {}
         unbuilt: dict[int, dict[str, Any]] = {}
         driver_state = None
+        announced_since_state: list[dict[str, Any]] = []
         for r in records:
             t = r.get("type")
+            if "state" in r:
+                announced_since_state = []
+            elif t in ("model_added", "creation_failed"):
+                announced_since_state.append(r)
             if t in ("model_added", "creation_failed"):
                 unbuilt.pop(r["index"], None)
             if t == "model_added":
@@ -215,8 +225,12 @@ class Engine:
                 m.sums.pop((r["epoch"], "train"), None)
                 m.sums.pop((r["epoch"], "eval"), None)
                 m.epochs_done = r["epoch"]
-                m.status = r["status"]
-                self.history.append({"model_id": m.model_id, "epoch": r["epoch"], **r["metrics"]})
+                m.status = "paused"
+                m.epoch_checkpoint, m.epoch_checksum = r.get("checkpoint", m.checkpoint), r.get("checksum")
+                self.history.append({"model_id": m.model_id, "epoch": r["epoch"], **r["metrics"],
+                                     "__params": dict(r.get("params", m.params))})
+                driver_state = r["state"]
+                self._restore_actions(r["actions"])
             elif t == "model_failed":
                 m = self.models[r["model_id"]]
                 m.status = "failed"
@@ -228,10 +242,17 @@ class Engine:
                 self._next_index = max(self._next_index, first + len(r["configs"]))
             elif t == "driver":
                 driver_state = r["state"]
+                self._restore_actions(r.get("actions", ()))
             elif t == "best":
                 self.best = {k: r[k] for k in ("model_id", "epoch", "score", "checkpoint", "checksum")}
         if driver_state is not None:
             self.driver.set_state(driver_state)
+        # Announcements journaled after the driver's last saved state: tell the driver again.
+        for r in announced_since_state:
+            if r["type"] == "model_added":
+                self.driver.on_model_added(r["model_id"], dict(r["params"]))
+            else:
+                self.driver.on_model_failed(None, dict(r["params"]), r["error"])
         self._unbuilt = sorted(unbuilt.items())
         events = []
         for m in self.models.values():
@@ -242,6 +263,9 @@ class Engine:
             if m.status in ("completed", "stopped"):
                 events.append(ModelRestored(m.model_id, m.index, max(m.epochs_done, 1), "ended"))
                 continue
+            if m.status == "paused":
+                events.append(ModelRestored(m.model_id, m.index, m.epochs_done, "awaiting"))
+                continue
             epoch = m.epochs_done + 1
             done_train = tuple(trained.get(m.model_id, {}).get(epoch, ()))
             done_eval = tuple(evaluated.get(m.model_id, {}).get(epoch, ()))
@@ -251,13 +275,44 @@ class Engine:
         if events:
             self._handle(*events)
 
+    def _restore_actions(self, actions) -> None:
+        for a in actions:
+            target = self.models[a["model_id"]]
+            if a["action"] == "exploit":
+                target.params, target.spec_path = dict(a["params"]), a["spec"]
+                target.checkpoint, target.checksum = a["checkpoint"], a["checksum"]
+                target.epoch_checkpoint, target.epoch_checksum = a["checkpoint"], a["checksum"]
+                target.spec_version = a["spec_version"]
+            else:
+                target.status = a["status"]
+
     # ------------------------------------------------------------------ driver side
 
     def _done(self) -> bool:
-        return self.scheduler.idle and not self._tasks and (self._exhausted or not self._fill())
+        if self.scheduler.idle and not self._tasks and (self._exhausted or not self._fill()):
+            return True
+        paused = [m for m, r in self.models.items() if r.status == "paused"]
+        if paused and not self._tasks and not any(r.status == "running" for r in self.models.values()) \
+                and (self._exhausted or not self._fill()):
+            # Nothing runs, nothing will be proposed, and nobody will ever resume these models.
+            raise CerebroError(
+                f"the search driver left {len(paused)} model(s) paused ({', '.join(paused[:5])}) with nothing "
+                "running and nothing new to propose; a driver must eventually continue or stop every model it pauses"
+            )
+        return False
 
     def _driver_changed(self) -> None:
         self._record({"type": "driver", "state": self.driver.get_state()})
+
+    def _driver_reacts(self, decision) -> None:
+        """Apply actions a driver returned outside on_epoch_end (e.g. after a failure a rung may
+        be complete: promote the paused models); journal them with the driver's state."""
+        actions = [] if decision is None else self._normalise(decision, None)
+        applied: list[dict[str, Any]] = []
+        events = self._apply_actions(actions, None, applied)
+        self._record({"type": "driver", "actions": applied, "state": self.driver.get_state()})
+        if events:
+            self._handle(*events)
 
     def _fill(self) -> bool:
         """Ask the driver for configurations; create and add them.  True if any model was added.
@@ -295,7 +350,7 @@ class Engine:
                               "error": exc.traceback_text})
                 self._emit("model_failed", model_id=model_id, params=dict(params), error=exc.traceback_text)
                 self._emit("model_ended", model_id=model_id, status="failed")
-                self.driver.on_model_failed(None, dict(params), exc.traceback_text)
+                self._driver_reacts(self.driver.on_model_failed(None, dict(params), exc.traceback_text))
                 self._count_failure(exc.traceback_text)
                 continue
             self.models[model_id] = ModelRecord(model_id, index, dict(params), init.spec_path, init.checkpoint,
@@ -307,7 +362,9 @@ class Engine:
             added.append(ModelAdded(model_id, index))
         if added:
             self._handle(*added)
-        return bool(added)
+        # True when the driver proposed anything, even if none of it could be built: it may
+        # propose more (TPE), so the run is not over.
+        return bool(todo)
 
     def _count_failure(self, error: str) -> None:
         self._consecutive_failures += 1
@@ -399,7 +456,7 @@ class Engine:
             return
         if self.best is not None and self.best["checkpoint"] == path:
             return  # the best (model, epoch) so far keeps its checkpoint
-        if any(m.checkpoint == path for m in self.models.values()):
+        if any(m.checkpoint == path or m.epoch_checkpoint == path for m in self.models.values()):
             return
         self.delete(path)
 
@@ -442,12 +499,14 @@ class Engine:
             if isinstance(cmd, (TrainSubEpoch, EvaluateSubEpoch)):
                 self._submit(cmd)
             elif isinstance(cmd, EndEpoch):
+                before = {m: r.status for m, r in self.models.items()}
                 follow = self._end_epoch(cmd)
-                if follow is not None:
-                    pending.extend(self.scheduler.handle(follow))
-                if self.models[cmd.model_id].status != "running":
-                    self._emit("model_ended", model_id=cmd.model_id, status=self.models[cmd.model_id].status)
-                    self._fill()
+                if follow:
+                    pending.extend(self.scheduler.handle(*follow))
+                for mid, rec in self.models.items():
+                    if rec.status in ("completed", "stopped") and before.get(mid) != rec.status:
+                        self._emit("model_ended", model_id=mid, status=rec.status)
+                self._fill()
             elif isinstance(cmd, AbandonModel):
                 self._abandon(cmd)
                 self._fill()
@@ -468,7 +527,8 @@ class Engine:
         self._tasks[task_id] = (cmd, self.clock())
         self.backend.submit(cmd.worker, task_id, task)
 
-    def _end_epoch(self, cmd: EndEpoch):
+    def _end_epoch(self, cmd: EndEpoch) -> list:
+        """Aggregate the epoch, ask the driver, apply its actions; return scheduler events."""
         model = self.models[cmd.model_id]
         train = _weighted(model.sums.pop((cmd.epoch, "train"), {}))
         val = _weighted(model.sums.pop((cmd.epoch, "eval"), {}))
@@ -476,25 +536,96 @@ class Engine:
         metrics.update({f"val_{k}": v for k, v in val.items()})
         model.epochs_done = cmd.epoch
         model.hops = 0
+        previous_boundary = model.epoch_checkpoint
+        model.epoch_checkpoint, model.epoch_checksum = model.checkpoint, model.checksum
         self._consecutive_failures = 0
-        self.history.append({"model_id": model.model_id, "epoch": cmd.epoch, **metrics})
+        self.history.append({"model_id": model.model_id, "epoch": cmd.epoch, **metrics, "__params": dict(model.params)})
         self._update_best(model, cmd.epoch, metrics)
         decision = self.driver.on_epoch_end(model.model_id, cmd.epoch, metrics)
+        actions = self._normalise(decision, model.model_id)
+        params_at_epoch = dict(model.params)
+        model.status = "paused"  # unless an action says otherwise
+        applied: list[dict[str, Any]] = []
         if cmd.final:
             model.status = "stopped"
-            follow = None
-        elif isinstance(decision, Continue):
-            follow = ModelContinued(model.model_id)
-        elif isinstance(decision, Stop):
-            model.status = "completed" if decision.reason == "finished" else "stopped"
-            follow = ModelStopped(model.model_id)
-        else:
-            raise CerebroError(f"search driver returned {decision!r}; expected Continue() or Stop()")
+            applied.append({"model_id": model.model_id, "action": "stop", "status": "stopped", "reason": "stop requested"})
+            actions = [a for a in actions if self._target(a) != model.model_id]
+        events = self._apply_actions(actions, model.model_id, applied)
+        # One record holds the epoch, every action taken on it and the driver's new state: a
+        # crash before it is written makes resume evaluate and decide this epoch again.
         self._record({"type": "epoch", "model_id": model.model_id, "epoch": cmd.epoch, "metrics": metrics,
-                      "decision": type(decision).__name__, "final": cmd.final, "status": model.status})
-        self._driver_changed()
+                      "params": params_at_epoch, "final": cmd.final, "actions": applied,
+                      "checkpoint": model.epoch_checkpoint, "checksum": model.epoch_checksum,
+                      "state": self.driver.get_state()})
+        if previous_boundary != model.epoch_checkpoint:
+            self._discard_checkpoint(previous_boundary)
         self._emit("epoch", model_id=model.model_id, epoch=cmd.epoch, metrics=metrics)
-        return follow
+        return events
+
+    @staticmethod
+    def _target(action) -> str | None:
+        return action.target if isinstance(action, Exploit) else action.model_id
+
+    def _normalise(self, decision, reporting: str | None) -> list:
+        actions = list(decision) if isinstance(decision, (list, tuple)) else [decision]
+        out = []
+        for a in actions:
+            if isinstance(a, (Continue, Pause)) and a.model_id is None:
+                a = type(a)(reporting)
+            elif isinstance(a, Stop) and a.model_id is None:
+                a = Stop(a.reason, reporting)
+            elif not isinstance(a, (Continue, Pause, Stop, Exploit)):
+                raise CerebroError(f"search driver returned {a!r}; expected Continue, Stop, Pause or Exploit actions")
+            target = self._target(a)
+            if target is None or target not in self.models:
+                raise CerebroError(f"search driver action {a!r} names an unknown model")
+            out.append(a)
+        return out
+
+    def _apply_actions(self, actions: list, reporting: str | None, applied: list[dict[str, Any]]) -> list:
+        """Apply the driver's actions; describe each in ``applied``; return scheduler events."""
+        events: list = []
+        for a in actions:
+            target = self.models[self._target(a)]
+            if target.model_id != reporting and target.status != "paused":
+                raise CerebroError(
+                    f"search driver action {a!r}: {target.model_id} is {target.status}; only the model whose epoch "
+                    "ended or a paused model can be continued, stopped, paused or exploited"
+                )
+            if isinstance(a, Exploit):
+                applied.append(self._exploit(target, self.models[a.source], dict(a.params)))
+                continue
+            if isinstance(a, Continue):
+                target.status = "running"
+                events.append(ModelContinued(target.model_id))
+                action = "continue"
+            elif isinstance(a, Stop):
+                target.status = "completed" if a.reason == "finished" else "stopped"
+                events.append(ModelStopped(target.model_id))
+                action = "stop"
+            else:
+                target.status = "paused"
+                action = "pause"
+            applied.append({"model_id": target.model_id, "action": action, "status": target.status,
+                            "reason": getattr(a, "reason", "")})
+        return events
+
+    def _exploit(self, target: ModelRecord, source: ModelRecord, params: dict[str, Any]) -> dict[str, Any]:
+        if self.exploit is None:
+            raise CerebroError("this engine cannot exploit: no exploit adapter was given")
+        if source.status == "failed" or not source.epoch_checkpoint:
+            raise CerebroError(f"cannot exploit {source.model_id}: it has not completed an epoch ({source.status})")
+        target.spec_version += 1
+        init = self.exploit(target, source, params)
+        previous = target.checkpoint
+        target.epoch_checkpoint, target.epoch_checksum = init.checkpoint, init.checksum
+        old_params = dict(target.params)
+        target.params, target.spec_path, target.checkpoint, target.checksum = params, init.spec_path, init.checkpoint, init.checksum
+        self._discard_checkpoint(previous)
+        self._emit("exploit", model_id=target.model_id, source=source.model_id, params=params)
+        return {"model_id": target.model_id, "action": "exploit", "status": target.status, "source": source.model_id,
+                "source_checkpoint": source.epoch_checkpoint, "epoch": target.epochs_done, "old_params": old_params, "params": params, "spec": init.spec_path,
+                "checkpoint": init.checkpoint, "checksum": init.checksum, "spec_version": target.spec_version}
 
     def _update_best(self, model: ModelRecord, epoch: int, metrics: Mapping[str, float]) -> None:
         score = metrics.get(self.metric) if self.metric else None
@@ -515,8 +646,7 @@ class Engine:
         self._record({"type": "model_failed", "model_id": model.model_id, "epoch": cmd.epoch, "error": error})
         self._emit("model_failed", model_id=model.model_id, params=model.params, error=error)
         self._emit("model_ended", model_id=model.model_id, status="failed")
-        self.driver.on_model_failed(model.model_id, model.params, error)
-        self._driver_changed()
+        self._driver_reacts(self.driver.on_model_failed(model.model_id, model.params, error))
         self._count_failure(error)
 
     # ------------------------------------------------------------------ records

@@ -1392,3 +1392,26 @@ def seed_model_creation(seed: int) -> None:
     configuration index give the same initial weights in every run.
     """
     keras.utils.set_random_seed(int(seed) % (2**32))
+
+
+def transfer_learning_rate(state: bytes, donor: bytes) -> bytes:
+    """``state`` with its optimizer's learning rate replaced by ``donor``'s (PBT's exploit).
+
+    Everything else (weights, moments, iteration count) stays as it is: the copied model
+    continues exactly where its source was, only with the new learning rate, set on the
+    optimizer in place.  Works on the bytes alone, without building a model.
+    """
+    header, weights, opt_values = _unpack(state)
+    donor_header, _, donor_values = _unpack(donor)
+
+    def lr_index(entries: list) -> int | None:
+        hits = [i for i, entry in enumerate(entries) if entry[0].rsplit("/", 1)[-1] == "learning_rate"]
+        return hits[0] if hits else None
+
+    i, j = lr_index(header["optimizer"]), lr_index(donor_header["optimizer"])
+    if i is None or j is None:
+        # A learning-rate schedule is part of the optimizer's configuration, not of its state.
+        return state
+    opt_values = [np.array(v) for v in opt_values]
+    opt_values[i] = np.asarray(donor_values[j], dtype=opt_values[i].dtype).reshape(opt_values[i].shape)
+    return _pack(weights, [e[0] for e in header["weights"]], opt_values, [e[0] for e in header["optimizer"]])

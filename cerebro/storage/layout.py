@@ -101,9 +101,15 @@ def model_dir(exp: str, model_id: str) -> str:
     return f"{experiment_dir(exp)}/models/{_check_name(model_id, 'model id')}"
 
 
-def model_spec(exp: str, model_id: str) -> str:
-    """Pickled model specification: ``experiments/<exp>/models/<model_id>/spec.pkl``."""
-    return f"{model_dir(exp, model_id)}/spec.pkl"
+def model_spec(exp: str, model_id: str, version: int = 0) -> str:
+    """Pickled model specification: ``experiments/<exp>/models/<model_id>/spec.pkl``.
+
+    A model whose parameters change mid-run (PBT's exploit) gets a new, versioned spec
+    (``spec-v<version>.pkl``): workers cache specs by path, so a path never changes meaning.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"spec version must be an int >= 0, got {version!r}")
+    return f"{model_dir(exp, model_id)}/spec.pkl" if version == 0 else f"{model_dir(exp, model_id)}/spec-v{version}.pkl"
 
 
 def checkpoint_dir(exp: str, model_id: str) -> str:

@@ -234,3 +234,113 @@ def test_restore_from_the_journal_continues_exactly(tmp_path):
         assert set(ok_once(outcome.visits).values()) == {1} and len(ok_once(outcome.visits)) == 18, cut
         assert [(h["model_id"], h["epoch"]) for h in sorted(outcome.history, key=lambda h: (h["model_id"], h["epoch"]))] == \
             [(h["model_id"], h["epoch"]) for h in sorted(full.history, key=lambda h: (h["model_id"], h["epoch"]))]
+
+
+class PromoteDriver(GridDriver):
+    """Pause every model at epoch 1; when all have reported, promote the first, stop the rest."""
+
+    def __init__(self):
+        super().__init__(2)
+        self.reported: list[str] = []
+
+    def on_epoch_end(self, model_id, epoch, metrics):
+        from cerebro.drivers.base import Continue, Pause, Stop
+
+        if epoch == 2:
+            return Stop("finished")
+        self.reported.append(model_id)
+        if len(self.reported) < 3:
+            return Pause()
+        best, *rest = sorted(self.reported)
+        return [Continue(best)] + [Stop("halved", m) for m in rest if m != best] + ([Pause()] if model_id != best and model_id not in rest else [])
+
+    def get_state(self):
+        return {**super().get_state(), "reported": list(self.reported)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.reported = list(state["reported"])
+
+
+class ExploitDriver(GridDriver):
+    """model_001 copies model_000 after epoch 1 (waiting, paused, until model_000 has reported)."""
+
+    def __init__(self):
+        super().__init__(2)
+        self.reported: list[str] = []
+
+    def on_epoch_end(self, model_id, epoch, metrics):
+        from cerebro.drivers.base import Continue, Exploit, Pause, Stop
+
+        if epoch == 2:
+            return Stop("finished")
+        self.reported.append(model_id)
+        if "model_000" not in self.reported:
+            return Pause()
+        exploit = [Exploit("model_001", "model_000", {"a": 9}), Continue("model_001")] if "model_001" in self.reported else []
+        return exploit + ([Continue()] if model_id == "model_000" else [])
+
+    def get_state(self):
+        return {**super().get_state(), "reported": list(self.reported)}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.reported = list(state["reported"])
+
+
+def run_with(driver, records=None, journal=None, store=None):
+    store = store or FakeStore()
+    backend = InlineBackend(2, runtime_factory=lambda setup, w: FakeRuntime(store, w))
+    driver.bind({"a": hp_choice([1, 2])}, make_rng(1), 2)
+
+    def create_model(model_id, index, params):
+        store.files[f"{model_id}/init"] = f"init-{model_id}"
+        return ModelInit(f"{model_id}/spec", f"{model_id}/init")
+
+    def exploit(target, source, params):
+        path = f"{target.model_id}/exploit-{target.spec_version}"
+        store.files[path] = store.files[source.checkpoint] + f"+lr{params['a']}"
+        return ModelInit(f"{target.model_id}/spec-v{target.spec_version}", path)
+
+    engine = Engine(backend=backend, setup=WorkerSetup(store, {"key": "k"}),
+                    scheduler=MOPScheduler(2, mode="deterministic", seed=1), driver=driver,
+                    create_model=create_model, exploit=exploit, checkpoint_path=lambda m, e, h, a: f"{m}/e{e}-h{h}-a{a}",
+                    seed=1, journal=(journal.append if journal is not None else None))
+    if records is not None:
+        engine.restore(records)
+    return engine, store
+
+
+def test_pause_then_promote_another_model():
+    driver = PromoteDriver()
+    driver.configurations = lambda: [{"a": 1}, {"a": 2}, {"a": 1}]
+    engine, _ = run_with(driver)
+    outcome = engine.run()
+    status = {m: r.status for m, r in outcome.models.items()}
+    assert status == {"model_000": "completed", "model_001": "stopped", "model_002": "stopped"}
+    assert outcome.models["model_000"].epochs_done == 2
+    assert [h["epoch"] for h in outcome.history if h["model_id"] == "model_000"] == [1, 2]
+
+
+def test_exploit_copies_the_source_state_and_changes_params_and_resumes_identically():
+    journal: list = []
+    engine, store = run_with(ExploitDriver(), journal=journal)
+    outcome = engine.run()
+    target = outcome.models["model_001"]
+    assert target.params == {"a": 9} and target.spec_path == "model_001/spec-v1"
+    params = [(h["epoch"], h["__params"]["a"]) for h in outcome.history if h["model_id"] == "model_001"]
+    assert params == [(1, 2), (2, 9)]
+    finals = {m: store.files[r.checkpoint] for m, r in outcome.models.items()}
+    exploits = [a for r in journal if r["type"] == "epoch" for a in r["actions"] if a["action"] == "exploit"]
+    assert len(exploits) == 1 and exploits[0]["source"] == "model_000"
+    # The copy is the source's state at its last epoch boundary, never a half-trained epoch.
+    assert store.files["model_001/exploit-1"].startswith(store.files[exploits[0]["source_checkpoint"]])
+    assert exploits[0]["source_checkpoint"].endswith("-h2-a0")
+    for cut in range(1, len(journal)):
+        e2, s2 = run_with(ExploitDriver(), records=journal[:cut], store=store)
+        out2 = e2.run()
+        assert out2.models["model_001"].params == {"a": 9}
+        assert set(ok_once(out2.visits).values()) == {1} and len(ok_once(out2.visits)) == 8, cut
+        # The source keeps training while the target waits, so which of its epoch boundaries is
+        # copied depends on timing (as in any asynchronous PBT); the source itself is unaffected.
+        assert s2.files[out2.models["model_000"].checkpoint] == finals["model_000"], cut
