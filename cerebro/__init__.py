@@ -17,7 +17,7 @@ _EXPORTS = {
     "KerasEstimator": ".frameworks.keras",
     "GridSearch": ".selection", "RandomSearch": ".selection", "TPESearch": ".selection",
     "HyperbandSearch": ".selection", "ASHASearch": ".selection", "PBTSearch": ".selection",
-    "MedianStopping": ".drivers.early_stopping", "SearchDriver": ".drivers.base",
+    "MedianStopping": ".drivers.early_stopping", "SearchDriver": ".drivers.base", "AblationStudy": ".selection",
     "hp_choice": ".space", "hp_uniform": ".space", "hp_loguniform": ".space",
     "hp_quniform": ".space", "hp_qloguniform": ".space", "hp_randint": ".space",
     "ModelSelectionResult": ".result", "TrainedModel": ".result", "load_model": ".result",

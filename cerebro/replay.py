@@ -29,7 +29,7 @@ def replay_model(model: TrainedModel) -> Any:
         if partition not in data:
             part = load_partition(store, prepared, "train", partition)
             data[partition] = (
-                kf.make_inputs(keras_model, part.features, list(prepared.feature_columns)),
+                kf.make_inputs(keras_model, part.features, list(model.feature_columns)),
                 kf.make_targets(keras_model, part.labels, list(prepared.label_columns)),
             )
         x, y = data[partition]

@@ -173,6 +173,8 @@ class ModelSelectionResult:
     best_checkpoint: dict | None = None
     #: Bytes of model checkpoints the experiment keeps in the store at the end.
     checkpoint_bytes: int = 0
+    #: AblationStudy only: one row per variant, its final metric and the difference to the base.
+    ablation: pd.DataFrame | None = None
 
     @property
     def best_model(self) -> TrainedModel:

@@ -31,7 +31,7 @@ from .drivers.grid import GridDriver, RandomDriver
 from .errors import CerebroError
 from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock
 from .result import ModelSelectionResult, TrainedModel
-from .space import validate_space
+from .space import hp_choice, validate_space
 from .storage import Store
 from .storage import layout
 
@@ -328,8 +328,12 @@ class ModelSelection:
         except Exception as exc:  # a lambda or local function cannot be pickled by reference
             log.info("search arguments not saved for `cerebro resume` (%s); resume with fit(..., resume=True)", exc)
 
+    def _build_estimator(self, params: dict[str, Any], prepared) -> tuple[Any, list[str] | None]:
+        """The estimator for one configuration and, when it uses fewer than all feature columns,
+        the ones it uses (an ablation variant).  Raises whatever estimator_gen_fn raises."""
+        return self.estimator_gen_fn(dict(params)), None
+
     def _model_factory(self, store: Store, name: str, prepared) -> Callable[[str, int, dict], ModelInit]:
-        input_width = sum(math.prod(s) for s in prepared.feature_shapes.values())
         checked: list[bool] = []
 
         def create_model(model_id: str, index: int, params: dict[str, Any]) -> ModelInit:
@@ -338,12 +342,14 @@ class ModelSelection:
             # Same seed and configuration index -> same initial weights, in any run.
             seed_model_creation(derive_seed(self.seed, 3, index))
             try:
-                estimator = self.estimator_gen_fn(dict(params))
+                estimator, features = self._build_estimator(dict(params), prepared)
                 if not isinstance(estimator, KerasEstimator):
                     raise TypeError(f"estimator_gen_fn must return a KerasEstimator; it returned {type(estimator).__name__}")
                 names = estimator.metric_names()
             except Exception:
                 raise ModelCreationFailed(traceback.format_exc()) from None
+            columns = features or list(prepared.feature_columns)
+            input_width = sum(math.prod(prepared.feature_shapes[c]) for c in columns)
             if not checked:
                 # Checked once, on the first configuration that builds, before any training starts.
                 if strip_prefix(self.evaluation_metric) not in names:
@@ -360,20 +366,22 @@ class ModelSelection:
             ckpt = layout.checkpoint(name, model_id, 0, 0)
             store.write_bytes(spec_path, pickle.dumps(spec))
             store.write_bytes(ckpt, spec.initial_state)
-            return ModelInit(spec_path, ckpt, hashlib.sha256(spec.initial_state).hexdigest())
+            return ModelInit(spec_path, ckpt, hashlib.sha256(spec.initial_state).hexdigest(),
+                             {"features": features} if features else {})
 
         return create_model
 
     def _exploit_factory(self, store: Store, name: str, prepared) -> Callable[[Any, Any, dict], ModelInit]:
-        input_width = sum(math.prod(s) for s in prepared.feature_shapes.values())
-
         def exploit(target, source, params: dict[str, Any]) -> ModelInit:
             """PBT: target continues from source's committed state with ``params``."""
+            columns = target.task_extra.get("features") or prepared.feature_columns
+            input_width = sum(math.prod(prepared.feature_shapes[c]) for c in columns)
             from .frameworks.keras import seed_model_creation, transfer_learning_rate
             from .worker import read_checkpoint
 
             seed_model_creation(derive_seed(self.seed, 4, target.index, target.spec_version))
-            spec = self.estimator_gen_fn(dict(params)).make_spec([(input_width,)])
+            estimator, _ = self._build_estimator(dict(params), prepared)
+            spec = estimator.make_spec([(input_width,)])
             source_spec = pickle.loads(store.read_bytes(source.spec_path))
             if spec.arch_key != source_spec.arch_key:
                 raise CerebroError(
@@ -444,8 +452,8 @@ class ModelSelection:
             models[mid] = TrainedModel(
                 model_id=mid, params=rec.params,
                 history=history[history["model_id"] == mid].reset_index(drop=True),
-                feature_columns=prepared.feature_columns, label_columns=prepared.label_columns,
-                status=rec.status,
+                feature_columns=tuple(rec.task_extra.get("features") or prepared.feature_columns),
+                label_columns=prepared.label_columns, status=rec.status,
                 provenance={"experiment": name, "data_hash": prepared.data_hash, "data_key": prepared.key,
                             "store": store.url, "seed": self.seed, "scheduler": self.scheduler, "index": rec.index,
                             "visit_order": [(v["epoch"], v["partition"]) for v in outcome.visits
@@ -600,3 +608,87 @@ class PBTSearch(ModelSelection):
 
         return PBTDriver(self.population_size, self.num_epochs, self.perturbation_interval, self.quantile_fraction,
                          self.mutations)
+
+
+class AblationStudy(ModelSelection):
+    """Leave-one-component-out variants of a base configuration, run as one model selection
+    over MOP (like Maggy's LOCO ablator).
+
+    ``AblationStudy(backend, store, estimator_gen_fn, base_params, num_epochs,
+    ablate_features=("age", ...), ablate_layers=("hidden2", ...), **common)`` trains the base
+    configuration (``estimator_gen_fn(base_params)``), one variant per listed feature column
+    with that column left out of the inputs, and one variant per listed layer name with that
+    layer left out of the (Sequential) model, each from fresh weights on the same partitions.
+    The result's ``ablation`` table gives each variant's final validation metric beside the
+    base's.  For feature ablation the model's input must be a flat vector (its width is
+    adjusted); for layer ablation, name the layers.
+    """
+
+    def __init__(self, backend, store, estimator_gen_fn, base_params: Mapping[str, Any], num_epochs: int,
+                 ablate_features=(), ablate_layers=(), **kwargs: Any) -> None:
+        self.base_params = base_params
+        self.ablate_features = ablate_features
+        self.ablate_layers = ablate_layers
+        super().__init__(backend, store, estimator_gen_fn, {"ablation": hp_choice(self._variants())}, num_epochs, **kwargs)
+
+    def _variants(self) -> list[str]:
+        feats = [self.ablate_features] if isinstance(self.ablate_features, str) else list(self.ablate_features or ())
+        layers = [self.ablate_layers] if isinstance(self.ablate_layers, str) else list(self.ablate_layers or ())
+        return ["base"] + [f"-feature:{f}" for f in feats] + [f"-layer:{l}" for l in layers]
+
+    def _validate(self) -> dict[str, Any]:
+        owner = self._owner
+        if not isinstance(self.base_params, Mapping):
+            raise TypeError(f"The 'base_params' parameter of {owner} must be a dict of parameters for estimator_gen_fn. Got {self.base_params!r} instead.")
+        if "ablation" in self.base_params:
+            raise ValueError(f"The 'base_params' parameter of {owner} must not use the reserved name 'ablation'.")
+        for name, values in (("ablate_features", self.ablate_features), ("ablate_layers", self.ablate_layers)):
+            values = [values] if isinstance(values, str) else list(values or ())
+            if not all(isinstance(v, str) and v for v in values) or len(set(values)) != len(values):
+                raise ValueError(f"The '{name}' parameter of {owner} must be distinct non-empty names. Got {values!r} instead.")
+        if len(self._variants()) == 1:
+            raise ValueError(f"{owner} needs at least one of 'ablate_features' or 'ablate_layers'.")
+        args = super()._validate()
+        features = list(args["features"])
+        unknown = [f for f in self._variants() if f.startswith("-feature:") and f[len("-feature:"):] not in features]
+        if unknown:
+            raise ValueError(
+                f"The 'ablate_features' parameter of {owner} names {[u[len('-feature:'):] for u in unknown]}, which are not "
+                f"feature columns; the feature columns are {features}."
+            )
+        if len(features) < 2 and any(v.startswith("-feature:") for v in self._variants()):
+            raise ValueError(f"{owner} cannot leave out the only feature column {features}.")
+        return args
+
+    def _make_driver(self) -> SearchDriver:
+        return GridDriver(self.num_epochs)
+
+    def _build_estimator(self, params: dict[str, Any], prepared) -> tuple[Any, list[str] | None]:
+        from .frameworks.keras import ablate
+
+        variant = params["ablation"]
+        base = self.estimator_gen_fn(dict(self.base_params))
+        if variant == "base":
+            return base, None
+        kind, _, name = variant[1:].partition(":")
+        if kind == "layer":
+            return ablate(base, drop_layer=name), None
+        features = [c for c in prepared.feature_columns if c != name]
+        width = sum(math.prod(prepared.feature_shapes[c]) for c in features)
+        return ablate(base, input_width=width), features
+
+    def _result(self, outcome, store, name, prepared, metric, mode) -> ModelSelectionResult:
+        result = super()._result(outcome, store, name, prepared, metric, mode)
+        last = result.history.sort_values("epoch").groupby("model_id").tail(1).set_index("model_id")
+        rows = []
+        for mid, model in result.models.items():
+            variant = model.params["ablation"]
+            value = float(last.loc[mid, metric]) if mid in last.index and metric in last.columns else float("nan")
+            rows.append({"variant": variant, "left_out": variant.partition(":")[2] or None,
+                         "kind": variant[1:].partition(":")[0] if variant != "base" else "base",
+                         "model_id": mid, metric: value, "status": model.status})
+        table = pd.DataFrame(rows)
+        base = table.loc[table.variant == "base", metric]
+        table[f"{metric}_minus_base"] = table[metric] - (float(base.iloc[0]) if len(base) else float("nan"))
+        result.ablation = table
+        return result

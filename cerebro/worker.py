@@ -59,14 +59,16 @@ class WorkerRuntime:
             self._specs[path] = spec
         return spec
 
-    def _xy(self, spec, split: str):
-        # Inputs depend only on the model's input/output signature, not on its weights.
-        key = (repr((spec.input_shapes, spec.num_outputs)), split)
+    def _xy(self, spec, split: str, features: list[str] | None = None):
+        # Inputs depend only on the model's input/output signature and its feature columns
+        # (an ablation variant may leave one out), not on its weights.
+        columns = list(features) if features else list(self.prepared.feature_columns)
+        key = (repr((spec.input_shapes, spec.num_outputs, columns)), split)
         cached = self._arrays.get(key)
         if cached is None:
             part = self.train if split == "train" else self.val
             model = self.cache.get(spec)
-            x = self._kf.make_inputs(model, part.features, list(self.prepared.feature_columns))
+            x = self._kf.make_inputs(model, part.features, columns)
             y = self._kf.make_targets(model, part.labels, list(self.prepared.label_columns))
             cached = (x, y)
             self._arrays[key] = cached
@@ -79,7 +81,7 @@ class WorkerRuntime:
         ckpt = task["checkpoint"]
         model = self.cache.load(spec, task["model_id"], ckpt, lambda: read_checkpoint(self.store, ckpt, task.get("checksum")))
         split = "train" if task["kind"] == "train" else "val"
-        x, y = self._xy(spec, split)
+        x, y = self._xy(spec, split, task.get("features"))
         t1 = time.perf_counter()
         if task["kind"] == "train":
             metrics = self._kf.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task["seed"])

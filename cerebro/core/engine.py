@@ -45,6 +45,7 @@ class ModelInit:
     spec_path: str
     checkpoint: str
     checksum: str | None = None
+    task_extra: dict[str, Any] = field(default_factory=dict)   # merged into every task of the model
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ModelRecord:
     checksum: str | None = None        # sha256 of the latest committed checkpoint
     spec_version: int = 0              # bumped when an exploit gives the model new parameters
     epoch_checkpoint: str = ""         # the state at its last epoch boundary (what PBT copies)
+    task_extra: dict[str, Any] = field(default_factory=dict)
     epoch_checksum: str | None = None
     sums: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
 
@@ -201,7 +203,8 @@ class Engine:
                 unbuilt.pop(r["index"], None)
             if t == "model_added":
                 self.models[r["model_id"]] = ModelRecord(
-                    r["model_id"], r["index"], dict(r["params"]), r["spec"], r["checkpoint"], checksum=r.get("checksum"))
+                    r["model_id"], r["index"], dict(r["params"]), r["spec"], r["checkpoint"], checksum=r.get("checksum"),
+                    task_extra=dict(r.get("extra", {})))
                 self._next_index = max(self._next_index, r["index"] + 1)
             elif t == "creation_failed":
                 self.models[r["model_id"]] = ModelRecord(
@@ -354,10 +357,11 @@ class Engine:
                 self._count_failure(exc.traceback_text)
                 continue
             self.models[model_id] = ModelRecord(model_id, index, dict(params), init.spec_path, init.checkpoint,
-                                                checksum=init.checksum)
+                                                checksum=init.checksum, task_extra=dict(init.task_extra))
             self.driver.on_model_added(model_id, dict(params))
             self._record({"type": "model_added", "model_id": model_id, "index": index, "params": dict(params),
-                          "spec": init.spec_path, "checkpoint": init.checkpoint, "checksum": init.checksum})
+                          "spec": init.spec_path, "checkpoint": init.checkpoint, "checksum": init.checksum,
+                          "extra": dict(init.task_extra)})
             self._emit("model_added", model_id=model_id, params=dict(params))
             added.append(ModelAdded(model_id, index))
         if added:
@@ -516,6 +520,7 @@ class Engine:
     def _submit(self, cmd: TrainSubEpoch | EvaluateSubEpoch) -> None:
         model = self.models[cmd.model_id]
         task: dict[str, Any] = {
+            **model.task_extra,
             "kind": self._kind(cmd), "model_id": cmd.model_id, "spec": model.spec_path,
             "checkpoint": model.checkpoint, "checksum": model.checksum, "epoch": cmd.epoch, "partition": cmd.partition,
         }
