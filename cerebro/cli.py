@@ -11,16 +11,6 @@ import time
 from typing import Sequence
 
 
-def _digits_frame():
-    import numpy as np
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.data / 16.0).astype(np.float32)
-    return pd.DataFrame({"features": list(pixels), "label": digits.target.astype(np.int64)})
-
-
 def _demo_estimator(params: dict):
     import keras
 
@@ -43,6 +33,7 @@ def demo(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from . import GridSearch, LocalBackend, LocalStore, hp_choice
+    from .datasets import digits_frame
 
     console = Console()
     store_dir = os.path.abspath(args.store)
@@ -51,7 +42,7 @@ def demo(args: argparse.Namespace) -> int:
         f"{args.epochs} epochs, model hopper parallelism on {args.workers} local worker processes.\n"
         f"Store: {store_dir} (prepared data, checkpoints, journal, worker logs)"
     )
-    df = _digits_frame()
+    df = digits_frame()
     space = {
         "learning_rate": hp_choice([1e-3, 1e-2]),
         "width": hp_choice([32, 128]),

@@ -514,21 +514,24 @@ class TPESearch(ModelSelection):
     """Tree-structured Parzen estimators (hyperopt), asking for a configuration whenever a slot frees."""
 
     def __init__(self, backend, store, estimator_gen_fn, search_space, num_models: int, num_epochs: int,
-                 parallelism: int | None = None, **kwargs: Any) -> None:
+                 parallelism: int | None = None, n_startup_jobs: int | None = None, **kwargs: Any) -> None:
         super().__init__(backend, store, estimator_gen_fn, search_space, num_epochs, **kwargs)
         self.num_models = num_models
         self.parallelism = parallelism
+        self.n_startup_jobs = n_startup_jobs  # hyperopt's random start-up trials (default 20)
 
     def _validate(self) -> dict[str, Any]:
         _int_param(self._owner, "num_models", self.num_models)
         if self.parallelism is not None:
             _int_param(self._owner, "parallelism", self.parallelism)
+        if self.n_startup_jobs is not None:
+            _int_param(self._owner, "n_startup_jobs", self.n_startup_jobs)
         return super()._validate()
 
     def _make_driver(self) -> SearchDriver:
         from .drivers.tpe import TPEDriver
 
-        return TPEDriver(self.num_models, self.num_epochs, self.parallelism)
+        return TPEDriver(self.num_models, self.num_epochs, self.parallelism, n_startup_jobs=self.n_startup_jobs)
 
 
 class HyperbandSearch(ModelSelection):

@@ -14,9 +14,9 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 
 import cerebro
+from cerebro.datasets import digits_frame
 from cerebro import GridSearch, LocalBackend, LocalStore, hp_choice
 
 SPACE = {"lr": hp_choice([3e-3, 1e-2]), "width": hp_choice([16, 48])}
@@ -33,12 +33,6 @@ def gen(params):
     return cerebro.KerasEstimator(model, keras.optimizers.Adam(params["lr"]), "sparse_categorical_crossentropy",
                                   metrics=["accuracy"], batch_size=16)
 
-
-def frame() -> pd.DataFrame:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return pd.DataFrame({"features": list((d.data / 16.0).astype(np.float32)), "label": d.target.astype(np.int64)})
 
 
 def install_kill_switch(kind: str, n: int) -> None:
@@ -100,7 +94,7 @@ def main() -> None:
         threading.Thread(target=later, daemon=True).start()
     s = search(args.store, args.name)
     with s.backend:
-        result = s.fit(frame(), resume=args.resume)
+        result = s.fit(digits_frame(), resume=args.resume)
     save_weights(result, args.out)
     result.visits.to_csv(args.out + ".visits.csv", index=False)
 

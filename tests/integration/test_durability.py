@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import cerebro
+from cerebro.datasets import digits_frame
 from cerebro import GridSearch, LocalBackend, LocalStore, hp_choice
 from cerebro.frameworks.keras import limit_threads
 from cerebro.storage import layout
@@ -18,12 +19,6 @@ pytestmark = pytest.mark.slow
 
 limit_threads(1)
 
-
-def digits() -> pd.DataFrame:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return pd.DataFrame({"features": list((d.data / 16.0).astype(np.float32)), "label": d.target.astype(np.int64)})
 
 
 def tiny(params):
@@ -49,7 +44,7 @@ def test_tensorboard_and_mlflow_hold_the_history(backend, tmp_path, monkeypatch)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     store = LocalStore(str(tmp_path / "store"))
     r = GridSearch(backend, store, tiny, {"lr": hp_choice([1e-3, 1e-2]), "width": hp_choice([16])}, num_epochs=2,
-                   evaluation_metric="accuracy", experiment_name="tracked", mlflow_tracking_uri=uri, verbose=0).fit(digits())
+                   evaluation_metric="accuracy", experiment_name="tracked", mlflow_tracking_uri=uri, verbose=0).fit(digits_frame())
     tb_dir = os.path.join(r.experiment_dir, "tensorboard")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tracked")
@@ -75,7 +70,7 @@ def test_retention_keeps_disk_bounded_over_a_20_configuration_grid(backend, tmp_
     store = LocalStore(str(tmp_path / "store"))
     space = {"lr": hp_choice([1e-3, 2e-3, 3e-3, 5e-3, 1e-2]), "width": hp_choice([8, 16, 24, 32])}
     r = GridSearch(backend, store, tiny, space, num_epochs=3, evaluation_metric="accuracy",
-                   experiment_name="retention", verbose=0, tensorboard=False).fit(digits())
+                   experiment_name="retention", verbose=0, tensorboard=False).fit(digits_frame())
     assert len(r.models) == 20
     files = {m: store.listdir(layout.checkpoint_dir("retention", m)) for m in r.models}
     best = r.best_checkpoint
@@ -92,7 +87,7 @@ def test_retention_keeps_disk_bounded_over_a_20_configuration_grid(backend, tmp_
 
 def test_saved_model_keeps_provenance(backend, tmp_path):
     store = LocalStore(str(tmp_path / "store"))
-    df = digits()
+    df = digits_frame()
     r = GridSearch(backend, store, tiny, {"lr": hp_choice([1e-2]), "width": hp_choice([32])}, num_epochs=2,
                    evaluation_metric="accuracy", experiment_name="prov", verbose=0, tensorboard=False).fit(df)
     path = r.best_model.save(tmp_path / "saved")

@@ -12,19 +12,14 @@ import pandas as pd
 import pytest
 
 import cerebro
-from cerebro import CerebroError, GridSearch, LocalBackend, LocalStore, RandomSearch, hp_choice, hp_loguniform
+from cerebro.datasets import digits_frame
+from cerebro import GridSearch, LocalBackend, LocalStore, RandomSearch, hp_choice, hp_loguniform
 from cerebro.frameworks.keras import limit_threads
 
 pytestmark = pytest.mark.slow
 
 limit_threads(1)
 
-
-def digits_frame() -> pd.DataFrame:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return pd.DataFrame({"features": list((d.data / 16.0).astype(np.float32)), "label": d.target.astype(np.int64)})
 
 
 def make_estimator(params):

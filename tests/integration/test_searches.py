@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import cerebro
+from cerebro.datasets import digits_frame
 from cerebro import (
     ASHASearch, GridSearch, HyperbandSearch, LocalBackend, LocalStore, MedianStopping, PBTSearch, TPESearch,
     hp_choice, hp_loguniform, hp_quniform,
@@ -18,12 +18,6 @@ pytestmark = pytest.mark.slow
 
 kf.limit_threads(1)
 
-
-def digits() -> pd.DataFrame:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return pd.DataFrame({"features": list((d.data / 16.0).astype(np.float32)), "label": d.target.astype(np.int64)})
 
 
 def gen(params):
@@ -46,7 +40,7 @@ def backend():
 
 @pytest.fixture(scope="module")
 def df():
-    return digits()
+    return digits_frame()
 
 
 def common(r, allowed_status=("completed", "stopped")):
@@ -61,7 +55,7 @@ def common(r, allowed_status=("completed", "stopped")):
 
 
 def test_tpe_search(backend, tmp_path, df):
-    r = TPESearch(backend, LocalStore(str(tmp_path)), gen, SPACE, num_models=5, num_epochs=2,
+    r = TPESearch(backend, LocalStore(str(tmp_path)), gen, SPACE, num_models=5, num_epochs=2, n_startup_jobs=2,
                   evaluation_metric="accuracy", verbose=0, tensorboard=False).fit(df)
     common(r)
     assert len(r.models) == 5 and len(r.history) == 10

@@ -197,7 +197,9 @@ class _Sim:
     def _after_call(self) -> None:
         self.calls += 1
         try:
-            text = json.dumps(self.driver.get_state())
+            # sort_keys and no NaN, as the engine's journal writes it: a driver must not depend on
+            # the key order of its own state after a resume.
+            text = json.dumps(self.driver.get_state(), sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ContractViolation(f"get_state() after driver call {self.calls} is not JSON-serialisable: {exc}") from exc
         if self.calls in self.swaps:
