@@ -29,6 +29,7 @@ def _demo_estimator(params: dict):
 
 
 def demo(args: argparse.Namespace) -> int:
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
@@ -67,13 +68,17 @@ def demo(args: argparse.Namespace) -> int:
                       f"{row.val_accuracy:.4f}", f"{row.val_loss:.4f}", f"{row.train_accuracy:.4f}")
     console.print(table)
     ok = result.visits[result.visits.status == "ok"]
-    busy = (ok.end - ok.start).sum() / (args.workers * (ok.end.max() - ok.start.min())) if len(ok) else float("nan")
+    evals = result.evaluations[result.evaluations.status == "ok"]
+    tasks = pd.concat([ok, evals])
+    span = tasks.end.max() - tasks.start.min() if len(tasks) else float("nan")
+    busy = (tasks.end - tasks.start).sum() / (args.workers * span) if len(tasks) else float("nan")
     console.print(
         f"Best: [bold]{result.best_model_id}[/bold] {result.best_params} with validation accuracy "
         f"[bold green]{result.best_score:.4f}[/bold green]\n"
-        f"Wall time {wall:.1f} s in all (worker start-up included), {wall / args.epochs:.1f} s per epoch for all "
-        f"8 models; {len(ok)} sub-epochs, workers busy {busy:.0%} of the training span.\n"
-        f"Experiment directory: {result.experiment_dir}"
+        f"Training took {span:.1f} s, {span / args.epochs:.1f} s per epoch for all 8 models ({len(ok)} sub-epochs and "
+        f"{len(evals)} evaluations; workers busy {busy:.0%} of that time); {wall:.1f} s in all with data preparation "
+        f"and worker start-up.\n"
+        f"Experiment directory: {result.experiment_dir}  (report: cerebro report {result.experiment_dir})"
     )
     return 0
 
