@@ -8,6 +8,7 @@ is in the pure :mod:`cerebro.storage.layout`.
 from __future__ import annotations
 
 from cerebro.storage.base import Store
+from cerebro.storage.hdfs import HDFSStore
 from cerebro.storage.local import LocalStore
 
-__all__ = ["Store", "LocalStore"]
+__all__ = ["Store", "LocalStore", "HDFSStore"]

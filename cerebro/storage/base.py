@@ -19,6 +19,7 @@ Stores are sent to worker processes, so every implementation must be picklable
 from __future__ import annotations
 
 import abc
+import importlib
 import json
 import logging
 import os
@@ -50,6 +51,18 @@ class _StoreFileNotFoundError(CerebroError, FileNotFoundError):
 
 class _StoreFileExistsError(CerebroError, FileExistsError):
     """A rename target that must not exist does (e.g. a directory another process published)."""
+
+
+class _UnknownStoreSchemeError(CerebroError, ValueError):
+    """``Store.create`` got a URL scheme no Store implementation is registered for."""
+
+
+# Lazy scheme registry for Store.create: scheme -> (module, class, what to install if the
+# import fails). Modules are imported on first use only.
+_STORE_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "file": ("cerebro.storage.local", "LocalStore", ""),
+    "hdfs": ("cerebro.storage.hdfs", "HDFSStore", "pip install 'cerebro-mop[hdfs]'"),
+}
 
 
 def is_temp_name(name: str) -> bool:
@@ -250,11 +263,14 @@ class Store(abc.ABC):
     def create(url_or_path: str | os.PathLike[str]) -> "Store":
         """Build the Store implementation for a URL or a plain path.
 
-        ``'file:///x'`` or a bare path gives a :class:`~cerebro.storage.local.LocalStore`.
-        ``'hdfs://...'`` raises ``CerebroError`` (not supported yet). Any other
-        scheme raises ``ValueError`` naming it and the supported ones.
-        Implementations are imported lazily, so optional dependencies of one
-        store never break another.
+        ``'file:///x'`` or a bare path gives a :class:`~cerebro.storage.local.LocalStore`,
+        ``'hdfs://namenode:port/path'`` an :class:`~cerebro.storage.hdfs.HDFSStore` (no
+        connection is made until first use). The implementation comes from a lazy scheme
+        registry (fsspec-style): its module is imported only now, so one store's optional
+        dependencies never break another, and an ``ImportError`` becomes a
+        ``CerebroError`` naming what to install. An unknown scheme raises a
+        ``CerebroError`` (also a ``ValueError``) naming it and the known ones. A Store is
+        returned as is.
         """
         if isinstance(url_or_path, Store):
             return url_or_path
@@ -268,19 +284,24 @@ class Store(abc.ABC):
             raise ValueError("Store.create() got an empty URL; pass a directory path or a 'file://' URL")
         scheme = urlsplit(url_or_path).scheme.lower()
         # A one-letter "scheme" is a Windows drive letter, i.e. a plain path.
-        if scheme in ("", "file") or len(scheme) == 1:
-            from cerebro.storage.local import LocalStore
-
-            return LocalStore(url_or_path)
-        if scheme in ("hdfs", "viewfs"):
-            raise CerebroError(
-                f"HDFS stores are not supported yet: cannot open {url_or_path!r}. "
-                "Use a LocalStore on a directory that every worker can see (e.g. an NFS mount) for now."
+        if scheme == "" or len(scheme) == 1:
+            scheme = "file"
+        entry = _STORE_REGISTRY.get(scheme)
+        if entry is None:
+            known = ", ".join(f"'{s}://'" for s in _STORE_REGISTRY)
+            raise _UnknownStoreSchemeError(
+                f"unsupported store URL scheme {scheme!r} in {url_or_path!r}; known schemes: {known} "
+                "(a plain path means 'file://')"
             )
-        raise ValueError(
-            f"unsupported store URL scheme {scheme!r} in {url_or_path!r}; "
-            "supported: 'file://' URLs or plain paths (LocalStore), 'hdfs://' (coming later)"
-        )
+        module_name, class_name, install = entry
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise CerebroError(
+                f"store URL {url_or_path!r} needs {class_name}, which could not be imported ({exc}); "
+                f"to install what it needs: {install or 'reinstall cerebro-mop'}"
+            ) from exc
+        return getattr(module, class_name)(url_or_path)
 
     # ------------------------------------------------------------------ misc
 
