@@ -12,8 +12,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LocalBackend": ".backends.local",
-    "Store": ".storage", "LocalStore": ".storage",
+    "LocalBackend": ".backends.local", "SparkBackend": ".backends.spark",
+    "Store": ".storage", "LocalStore": ".storage", "HDFSStore": ".storage",
     "KerasEstimator": ".frameworks.keras",
     "GridSearch": ".selection", "RandomSearch": ".selection", "TPESearch": ".selection",
     "HyperbandSearch": ".selection", "ASHASearch": ".selection", "PBTSearch": ".selection",

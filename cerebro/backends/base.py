@@ -89,6 +89,21 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Stop every worker.  Idempotent."""
 
+    def release(self) -> None:
+        """The experiment ended (finished or failed): give back what other jobs may need.
+
+        Called by the engine once per run.  The process backend keeps its idle workers (with
+        TensorFlow imported) for the next ``fit``; the Spark backend ends its barrier stage so
+        that Spark jobs (data preparation, ``transform``) get the executors' slots back.
+        """
+
+    def startup_problem(self) -> str | None:
+        """Why workers are not starting, if the backend knows (e.g. too few Spark task slots).
+
+        Asked by the engine when a worker missed ``start_timeout``; the text goes into its error.
+        """
+        return None
+
     def __enter__(self):
         return self
 

@@ -16,10 +16,8 @@ import signal
 import traceback
 from typing import Any
 
-from .base import (
-    Backend, BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup,
-    check_num_workers, check_timeout,
-)
+from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
+from .channel import WorkerChannels
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +102,7 @@ class LocalBackend(Backend):
         self.threads_per_worker = threads_per_worker
         self._ctx = mp.get_context("spawn")
         self._procs: dict[int, Any] = {}
-        self._conns: dict[int, Any] = {}
-        self._ready: set[int] = set()
-        self._busy: dict[int, int] = {}
-        self._running: dict[int, dict] = {}
+        self._ch = WorkerChannels()
         self._pending: list[BackendEvent] = []
         self._setup: WorkerSetup | None = None
 
@@ -124,7 +119,7 @@ class LocalBackend(Backend):
 
     def running_tasks(self) -> dict[int, dict]:
         """Worker -> the task it is running now (for monitoring and fault-injection tests)."""
-        return {w: self._running[w] for w in list(self._busy) if w in self._running}
+        return self._ch.running_tasks()
 
     # ------------------------------------------------------------------ Backend
 
@@ -132,8 +127,8 @@ class LocalBackend(Backend):
         if setup.threads is None:
             setup = WorkerSetup(setup.store, setup.prepared, self.threads, setup.log_dir)
         reusable = (
-            self._setup is not None and self._setup.key() == setup.key() and not self._busy
-            and len(self._ready) == self.num_workers and all(p.is_alive() for p in self._procs.values())
+            self._setup is not None and self._setup.key() == setup.key() and not self._ch.busy
+            and len(self._ch.ready) == self.num_workers and all(p.is_alive() for p in self._procs.values())
         )
         if reusable:
             # Same data, same store: keep the processes (TensorFlow imported, partitions cached).
@@ -151,30 +146,21 @@ class LocalBackend(Backend):
         proc.start()
         child.close()
         self._procs[w] = proc
-        self._conns[w] = parent
+        self._ch.add(w, parent)
 
     def restart(self, worker: int) -> None:
         self._discard(worker)
         self._spawn(worker)
 
     def submit(self, worker: int, task_id: int, task: dict) -> None:
-        if worker not in self._ready:
-            raise RuntimeError(f"worker {worker} is not ready")
-        if worker in self._busy:
-            raise RuntimeError(f"worker {worker} is busy with task {self._busy[worker]}")
-        self._busy[worker] = task_id
-        self._running[worker] = task
-        try:
-            self._conns[worker].send((task_id, task))
-        except (BrokenPipeError, OSError):
-            pass  # its death is reported by wait() through the process sentinel
+        self._ch.submit(worker, task_id, task)
 
     def wait(self, timeout: float | None) -> list[BackendEvent]:
         if self._pending:
             out, self._pending = self._pending, []
             return out
         waitables: dict[Any, tuple[str, int]] = {}
-        for w, conn in self._conns.items():
+        for w, conn in self._ch.conns.items():
             waitables[conn] = ("conn", w)
             waitables[self._procs[w].sentinel] = ("proc", w)
         if not waitables:
@@ -186,11 +172,11 @@ class LocalBackend(Backend):
             if w in dead:
                 continue
             if what == "conn":
-                alive = self._drain(w, events)
+                alive = self._ch.drain(w, events)
                 if not alive:
                     dead.add(w)
             else:
-                self._drain(w, events)
+                self._ch.drain(w, events)
                 dead.add(w)
         for w in sorted(dead):
             proc = self._procs.get(w)
@@ -208,34 +194,8 @@ class LocalBackend(Backend):
             self._discard(w)
         return events
 
-    def _drain(self, w: int, events: list[BackendEvent]) -> bool:
-        """Read every message a worker sent; False when its pipe is closed."""
-        conn = self._conns[w]
-        try:
-            while conn.poll():
-                msg = conn.recv()
-                if msg[0] == "ready":
-                    self._ready.add(w)
-                    events.append(WorkerReady(w, msg[1]))
-                elif msg[0] == "done":
-                    self._busy.pop(w, None)
-                    events.append(TaskDone(w, msg[1], msg[2]))
-                elif msg[0] == "failed":
-                    self._busy.pop(w, None)
-                    events.append(TaskFailed(w, msg[1], msg[2]))
-                elif msg[0] == "dead":
-                    events.append(WorkerDied(w, msg[1]))
-                    return False
-        except (EOFError, OSError):
-            return False
-        return True
-
     def _discard(self, w: int) -> None:
-        self._ready.discard(w)
-        self._busy.pop(w, None)
-        conn = self._conns.pop(w, None)
-        if conn is not None:
-            conn.close()
+        self._ch.discard(w)
         proc = self._procs.pop(w, None)
         if proc is not None and proc.is_alive():
             proc.kill()
@@ -243,14 +203,9 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         # Ready, idle workers get a polite goodbye; the rest (starting or busy) are killed.
-        for w, conn in list(self._conns.items()):
-            if w in self._ready and w not in self._busy:
-                try:
-                    conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
-        for w, proc in list(self._procs.items()):
-            if w in self._ready and w not in self._busy:
+        for w in self._ch.say_goodbye():
+            proc = self._procs.get(w)
+            if proc is not None:
                 proc.join(timeout=5)
         for w in list(self._procs):
             self._discard(w)

@@ -170,13 +170,16 @@ class Engine:
         # evaluation metric they do not compute) is refused before any worker starts.
         self._fill()
         self.backend.start(self.setup)
-        now = self.clock()
-        self._starting = {w: now for w in range(self.num_workers)}
-        while not self._done():
-            events = self.backend.wait(self.poll_interval)
-            for ev in events:
-                self._on_backend_event(ev)
-            self._check_start_timeouts()
+        try:
+            now = self.clock()
+            self._starting = {w: now for w in range(self.num_workers)}
+            while not self._done():
+                events = self.backend.wait(self.poll_interval)
+                for ev in events:
+                    self._on_backend_event(ev)
+                self._check_start_timeouts()
+        finally:
+            self.backend.release()
         return EngineOutcome(
             self.models, self.history, self.visits, self.evaluations, self.failures, started, self.clock(),
             self.best,
@@ -421,9 +424,11 @@ class Engine:
         now = self.clock()
         for w, since in self._starting.items():
             if now - since > self.backend.start_timeout:
+                problem = self.backend.startup_problem()
                 raise CerebroError(
                     f"worker {w} did not start within start_timeout={self.backend.start_timeout:g} s "
-                    f"(check the worker logs{' in ' + self.setup.log_dir if self.setup.log_dir else ''})"
+                    + (f": {problem}" if problem else
+                       f"(check the worker logs{' in ' + self.setup.log_dir if self.setup.log_dir else ''})")
                 )
 
     @staticmethod
