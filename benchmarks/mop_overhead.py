@@ -19,7 +19,11 @@ Figures:
   independent plain-Keras processes reach when run at the same time (separates MOP's own
   overhead from what the machine loses when all its cores work at once).
 
-Usage: python -m benchmarks.mop_overhead [--rows 60000] [--epochs 2] [--workers 2]
+With ``--spark [MASTER ...]``: SparkBackend on Spark ``local[2]`` and ``local-cluster[2,1,1024]``
+(two executor JVMs), each next to a LocalBackend run of the same workload: busy fractions and
+the throughput ratio Spark / Local (goal: >= 0.85 busy, >= 0.95 of LocalBackend).
+
+Usage: python -m benchmarks.mop_overhead [--rows 60000] [--epochs 2] [--workers 2] [--spark [MASTER ...]]
 """
 
 from __future__ import annotations
@@ -103,8 +107,36 @@ def _reference(tmp: str, rows: int, copies: int) -> list[dict]:
     return out
 
 
+def _fit(backend, store_dir: str, df, epochs: int):
+    from cerebro import GridSearch, LocalStore, hp_choice
+
+    space = {k: hp_choice(v) for k, v in SPACE.items()}
+    t0 = time.time()
+    result = GridSearch(backend, LocalStore(store_dir), make_estimator, space, num_epochs=epochs,
+                        evaluation_metric="accuracy", verbose=0).fit(df)
+    return result, time.time() - t0
+
+
+def mop_figures(result, workers: int) -> dict:
+    """Busy fraction, hop share and training throughput of one MOP run, from its visits."""
+    train = result.visits[result.visits.status == "ok"]
+    evals = result.evaluations[result.evaluations.status == "ok"]
+    tasks = pd.concat([train, evals])
+    span = tasks.end.max() - tasks.start.min()
+    work = (tasks.load_s + tasks.compute_s + tasks.save_s).sum()
+    return {
+        "training_span_s": round(span, 1),
+        "busy_fraction": round(work / (workers * span), 3),
+        "hop_share": round((train.load_s + train.save_s).sum() / train.compute_s.sum(), 4),
+        "mean_hop_ms": round(1000 * (train.load_s + train.save_s).mean(), 2),
+        "mean_sub_epoch_s": round(train.compute_s.mean(), 3),
+        "mop_rows_per_s": round(train.rows.sum() / span),
+        "best_val_accuracy": round(result.best_score, 4),
+    }
+
+
 def run(rows: int, epochs: int, workers: int) -> dict:
-    from cerebro import GridSearch, LocalBackend, LocalStore, hp_choice
+    from cerebro import LocalBackend
 
     with tempfile.TemporaryDirectory() as tmp:
         single = _reference(tmp, rows, 1)[0]
@@ -112,34 +144,53 @@ def run(rows: int, epochs: int, workers: int) -> dict:
         # machine gives p processes when nothing is shared (memory bandwidth, caches, turbo).
         concurrent = _reference(tmp, rows, workers)
         df = make_data(rows)
-        space = {k: hp_choice(v) for k, v in SPACE.items()}
         with LocalBackend(num_workers=workers, threads_per_worker=1) as backend:
-            t0 = time.time()
-            result = GridSearch(backend, LocalStore(os.path.join(tmp, "store")), make_estimator, space,
-                                num_epochs=epochs, evaluation_metric="accuracy", verbose=0).fit(df)
-            fit_wall = time.time() - t0
-    train = result.visits[result.visits.status == "ok"]
-    evals = result.evaluations[result.evaluations.status == "ok"]
-    tasks = pd.concat([train, evals])
-    span = tasks.end.max() - tasks.start.min()
-    work = (tasks.load_s + tasks.compute_s + tasks.save_s).sum()
-    busy = work / (workers * span)
-    hop_share = (train.load_s + train.save_s).sum() / train.compute_s.sum()
-    mop_rows_per_s = train.rows.sum() / span
-    share = mop_rows_per_s / (workers * single["rows_per_s"])
+            result, fit_wall = _fit(backend, os.path.join(tmp, "store"), df, epochs)
+    figures = mop_figures(result, workers)
+    mop_rows_per_s = figures["mop_rows_per_s"]
     concurrent_rows_per_s = sum(c["rows_per_s"] for c in concurrent)
     return {
         "rows": rows, "epochs": epochs, "workers": workers, "configurations": len(result.models),
-        "fit_wall_s": round(fit_wall, 1), "training_span_s": round(span, 1),
-        "busy_fraction": round(busy, 3), "hop_share": round(hop_share, 4),
-        "mean_hop_ms": round(1000 * (train.load_s + train.save_s).mean(), 2),
-        "mean_sub_epoch_s": round(train.compute_s.mean(), 3),
-        "mop_rows_per_s": round(mop_rows_per_s), "single_process_rows_per_s": round(single["rows_per_s"]),
-        "throughput_share": round(share, 3),
+        "fit_wall_s": round(fit_wall, 1), **figures,
+        "single_process_rows_per_s": round(single["rows_per_s"]),
+        "throughput_share": round(mop_rows_per_s / (workers * single["rows_per_s"]), 3),
         "concurrent_plain_keras_rows_per_s": round(concurrent_rows_per_s),
         "share_of_concurrent_plain_keras": round(mop_rows_per_s / concurrent_rows_per_s, 3),
-        "best_val_accuracy": round(result.best_score, 4),
     }
+
+
+def run_spark(rows: int, epochs: int, workers: int, masters: list[str]) -> dict:
+    """SparkBackend on each master next to LocalBackend on the same workload, side by side.
+
+    For each master: a LocalBackend run, then the SparkBackend run (the same store, so the
+    prepared data is shared), so that the ratio compares runs minutes apart, not a whole
+    benchmark apart.  Each Spark session starts before its timing and is stopped after.
+    """
+    from cerebro import LocalBackend, SparkBackend
+    from cerebro.backends.spark_session import local_session
+
+    out: dict = {"rows": rows, "epochs": epochs, "workers": workers}
+    df = make_data(rows)
+    for master in masters:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = os.path.join(tmp, "store")
+            with LocalBackend(num_workers=workers, threads_per_worker=1) as backend:
+                local_result, local_wall = _fit(backend, store, df, epochs)
+            local = mop_figures(local_result, workers)
+            session = local_session(master, "cerebro-bench")
+            try:
+                with SparkBackend(session.sparkContext, workers) as backend:
+                    spark_result, spark_wall = _fit(backend, store, df, epochs)
+            finally:
+                session.stop()
+                time.sleep(1)
+        spark = mop_figures(spark_result, workers)
+        out[master] = {
+            "spark": {"fit_wall_s": round(spark_wall, 1), **spark},
+            "local": {"fit_wall_s": round(local_wall, 1), **local},
+            "throughput_over_local": round(spark["mop_rows_per_s"] / local["mop_rows_per_s"], 3),
+        }
+    return out
 
 
 def main(argv=None) -> int:
@@ -147,10 +198,24 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--spark", nargs="*", metavar="MASTER",
+                        help="instead: SparkBackend on these masters (default local[2] and local-cluster[2,1,1024]) "
+                             "side by side with LocalBackend")
     parser.add_argument("--single-process", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.single_process:
         single_process(args.rows, args.single_process)
+        return 0
+    if args.spark is not None:
+        masters = args.spark or [f"local[{args.workers}]", f"local-cluster[{args.workers},1,1024]"]
+        figures = run_spark(args.rows, args.epochs, args.workers, masters)
+        print("| master | Spark busy | LocalBackend busy | Spark rows/s | LocalBackend rows/s | Spark / Local throughput |")
+        print("|---|---|---|---|---|---|")
+        for master in masters:
+            f = figures[master]
+            print(f"| {master} | {f['spark']['busy_fraction']} | {f['local']['busy_fraction']} | "
+                  f"{f['spark']['mop_rows_per_s']} | {f['local']['mop_rows_per_s']} | {f['throughput_over_local']} |")
+        print(json.dumps(figures))
         return 0
     figures = run(args.rows, args.epochs, args.workers)
     print("| figure | value | goal |")
