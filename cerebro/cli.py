@@ -38,19 +38,34 @@ def demo(args: argparse.Namespace) -> int:
 
     console = Console()
     store_dir = os.path.abspath(args.store)
+    where = (f"{args.workers} local worker processes" if args.backend == "local"
+             else f"{args.workers} long-running tasks of a Spark local[{args.workers}] barrier stage")
     console.print(
         f"[bold]cerebro demo[/bold]: 8-configuration grid on scikit-learn's digits (1,797 images, 10 classes), "
-        f"{args.epochs} epochs, model hopper parallelism on {args.workers} local worker processes.\n"
+        f"{args.epochs} epochs, model hopper parallelism on {where}.\n"
         f"Store: {store_dir} (prepared data, checkpoints, journal, worker logs)"
     )
     df = digits_frame()
+    spark = None
+    if args.backend == "spark":
+        spark = _local_spark(args.workers, console)
+        if spark is None:
+            return 2
+        # A Spark DataFrame: the data is validated, hashed and partitioned by Spark itself.
+        df = spark.createDataFrame(df)
     space = {
         "learning_rate": hp_choice([1e-3, 1e-2]),
         "width": hp_choice([32, 128]),
         "batch_size": hp_choice([16, 64]),
     }
     started = time.time()
-    with LocalBackend(num_workers=args.workers) as backend:
+    if spark is not None:
+        from . import SparkBackend
+
+        backend_cm = SparkBackend(spark.sparkContext, num_workers=args.workers)
+    else:
+        backend_cm = LocalBackend(num_workers=args.workers)
+    with backend_cm as backend:
         search = GridSearch(
             backend, LocalStore(store_dir), _demo_estimator, space, num_epochs=args.epochs,
             evaluation_metric="accuracy", feature_columns=["features"], label_columns=["label"],
@@ -81,6 +96,20 @@ def demo(args: argparse.Namespace) -> int:
         f"Experiment directory: {result.experiment_dir}  (report: cerebro report {result.experiment_dir})"
     )
     return 0
+
+
+def _local_spark(workers: int, console):
+    """A Spark local[workers] session for the demo, or None (with a message) without pyspark."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        console.print("[red]cerebro demo --backend spark needs pyspark[/red]: pip install 'cerebro-mop[spark]'")
+        return None
+    from .backends.spark_session import local_session
+
+    console.print(f"Starting Spark local[{workers}] ...")
+    spark = local_session(f"local[{workers}]", "cerebro-demo", {"spark.sql.shuffle.partitions": str(max(2, workers))})
+    return spark
 
 
 def report(args: argparse.Namespace) -> int:
@@ -146,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cerebro", description="Deep-learning model selection with model hopper parallelism.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="run a complete model selection on scikit-learn's digits")
-    p_demo.add_argument("--backend", choices=["local"], default="local", help="where workers run (default: local processes)")
+    p_demo.add_argument("--backend", choices=["local", "spark"], default="local",
+                        help="where workers run: local processes (default) or Spark local mode")
     p_demo.add_argument("--workers", type=int, default=2, help="number of MOP workers (default 2)")
     p_demo.add_argument("--epochs", type=int, default=5, help="epochs per configuration (default 5)")
     p_demo.add_argument("--store", default="cerebro-demo", help="store directory (default ./cerebro-demo)")

@@ -9,8 +9,14 @@ own partitions and keeps them in memory for the whole experiment.
 Data identity (binding, see API.md): rows are assigned to partitions, and
 ordered within them, by a seeded hash of their *content*
 (:func:`row_hashes`), so the same rows in any order, arriving as pandas or
-Parquet (later Spark), give the same partitions in the same order, and the
-same content key, so a prepared copy is found and reused.
+Parquet or Spark, give the same partitions in the same order, and the
+same content key, so a prepared copy is found and reused. A Spark DataFrame
+is prepared by Spark itself, in its executors (:mod:`cerebro.data_spark`),
+with the same rules and the same output, byte for byte.
+
+``data_hash`` identifies the content: a multiset digest of the rows' hash
+pairs (:func:`multiset_lanes`), mergeable from per-batch partial sums, so no
+process ever needs every row's hash at once.
 
 Everything is validated before anything is written: a bad argument or bad
 column raises ``ValueError`` naming it and saying what was expected, and the
@@ -46,7 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: Version of the prepared-data format and of the partitioning rules. It enters
 #: the content key, so changing either never reuses a copy written by an older rule.
-FORMAT_VERSION = 1
+#: 2: ``data_hash`` is a mergeable multiset digest; Parquet row groups sized by row width.
+FORMAT_VERSION = 2
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -58,6 +65,15 @@ _TIEBREAK_XOR = 0xD1B54A32D192ED03
 _HASH_BLOCK_VALUES = 1 << 16
 
 _ROLE_ARG = {"feature": "feature_columns", "label": "label_columns", "validation": "validation"}
+
+# Multiset digest of the (h1, h2) pairs: this many independent 64-bit lanes.
+_DIGEST_LANES = 4
+_DIGEST_SEED = 0x6D756C7469736574  # b"multiset"
+_DIGEST_SALTS = None  # filled lazily by _digest_salts()
+# Parquet row groups: about this many bytes of values each, within [_MIN_GROUP_ROWS, _MAX_GROUP_ROWS] rows.
+_ROW_GROUP_BYTES = 64 << 20
+_MIN_GROUP_ROWS = 1024
+_MAX_GROUP_ROWS = 1 << 20
 
 
 # ---------------------------------------------------------------------------- records
@@ -242,6 +258,50 @@ def _hash_columns(columns: Sequence[np.ndarray], seeds: Sequence[int]) -> list[n
     return outs
 
 
+def _digest_salts() -> np.ndarray:
+    global _DIGEST_SALTS
+    if _DIGEST_SALTS is None:
+        _DIGEST_SALTS = _salts(_DIGEST_SEED, 2 * _DIGEST_LANES)
+    return _DIGEST_SALTS
+
+
+def multiset_lanes(h1: np.ndarray, h2: np.ndarray) -> list[int]:
+    """Partial sums of the multiset digest of the pairs ``(h1[i], h2[i])``: ``_DIGEST_LANES`` Python ints.
+
+    Lane ``j`` is the sum (mod 2**64) over rows of a splitmix64 mix of
+    ``(h1, h2)`` salted for that lane. Sums commute, so partials of any split
+    of the rows (Arrow batches, Spark partitions) add up (mod 2**64) to the
+    lanes of the whole: see :func:`multiset_digest`. Vectorised, O(n).
+    """
+    h1 = np.asarray(h1, dtype=np.uint64)
+    h2 = np.asarray(h2, dtype=np.uint64)
+    salts = _digest_salts()
+    x = np.empty_like(h1)
+    tmp = np.empty_like(h1)
+    lanes = []
+    for j in range(_DIGEST_LANES):
+        np.bitwise_xor(h1, salts[2 * j], out=x)
+        _mix_inplace(x, tmp)
+        x ^= h2
+        x += salts[2 * j + 1]
+        _mix_inplace(x, tmp)
+        lanes.append(int(x.sum(dtype=np.uint64)))
+    return lanes
+
+
+def multiset_digest(lanes: Sequence[int], count: int) -> str:
+    """The data set's ``data_hash``: sha256 (hex) of the row count and the summed lanes.
+
+    ``lanes`` is the element-wise sum (any order, reduced mod 2**64 here) of
+    :func:`multiset_lanes` partials over all rows. The sorted order of the rows
+    is a function of their multiset of hashes, so equal digests mean the same
+    content in the same order (up to hash collisions).
+    """
+    blob = b"cerebro-multiset-v1" + int(count).to_bytes(8, "little")
+    blob += b"".join((int(v) & _MASK64).to_bytes(8, "little") for v in lanes)
+    return hashlib.sha256(blob).hexdigest()
+
+
 def row_hashes(columns: Any, seed: int) -> np.ndarray:
     """Seeded content hash of every row: a uint64 array of length n.
 
@@ -352,6 +412,59 @@ def _example(values: Any) -> str:
 # ---------------------------------------------------------------------------- column conversion
 
 
+# The messages of refused input, shared with the Spark path (cerebro.data_spark) so that
+# the same data gives the same error whichever way it arrives.
+
+
+def _ragged_error(role: str, name: str, lengths: Sequence[int], counts: Sequence[int]) -> ValueError:
+    """Arrays of different ``lengths`` (``counts[i]`` rows each): the six most common are listed."""
+    counts_arr = np.asarray(counts, dtype=np.int64)
+    order = np.argsort(-counts_arr, kind="stable")[:6]
+    listing = ", ".join(f"{int(lengths[i])} ({int(counts_arr[i])} rows)" for i in order)
+    return ValueError(
+        f"{role} column {name!r} holds arrays of different lengths: {listing}; every row must have "
+        "the same length (pad or truncate them before fit())"
+    )
+
+
+def _empty_arrays_error(role: str, name: str) -> ValueError:
+    return ValueError(f"{role} column {name!r} holds empty arrays; every row needs at least one value")
+
+
+def _duplicate_column_error(name: str, role: str) -> ValueError:
+    return ValueError(f"{role} column {name!r} appears more than once in the data; rename the duplicates")
+
+
+def _flags_type_error(name: str, dtype: str) -> ValueError:
+    return ValueError(
+        f"validation column {name!r} must be boolean (True marks validation rows); it has dtype {dtype}. "
+        "Pass a bool column, or a fraction such as validation=0.25"
+    )
+
+
+def _flags_null_error(name: str, count: int) -> ValueError:
+    return ValueError(
+        f"validation column {name!r} has {count} {'row' if count == 1 else 'rows'} with null (missing) "
+        "values; mark every row True (validation) or False (training)"
+    )
+
+
+def _no_rows_error() -> ValueError:
+    return ValueError("data has no rows; model selection needs training and validation rows")
+
+
+def _no_true_rows_error(name: str) -> ValueError:
+    return ValueError(f"validation column {name!r} has no True rows; the validation set needs at least one row")
+
+
+def _too_few_training_rows_error(n_train: int, num_partitions: int, n: int, n_val: int) -> ValueError:
+    return ValueError(
+        f"only {n_train} training rows for num_partitions={num_partitions} (one partition per worker, "
+        f"each needs at least one row; {n} rows, {n_val} for validation); use at most "
+        f"{max(n_train, 1)} workers or provide more data"
+    )
+
+
 def _bad_rows_error(role: str, name: str, count: int) -> ValueError:
     rows = "row" if count == 1 else "rows"
     return ValueError(
@@ -415,15 +528,10 @@ def _column_from_arrow(arr: Any, name: str, role: str, dtype_label: str) -> _Col
             lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
             found, counts = np.unique(lengths, return_counts=True)
             if len(found) > 1:
-                order = np.argsort(-counts)[:6]
-                listing = ", ".join(f"{int(found[i])} ({int(counts[i])} rows)" for i in order)
-                raise ValueError(
-                    f"{role} column {name!r} holds arrays of different lengths: {listing}; every row must have "
-                    "the same length (pad or truncate them before fit())"
-                )
+                raise _ragged_error(role, name, found, counts)
             d = int(found[0]) if len(found) else 0
         if d == 0:
-            raise ValueError(f"{role} column {name!r} holds empty arrays; every row needs at least one value")
+            raise _empty_arrays_error(role, name)
         flat = arr.flatten()
         if flat.null_count:
             flat_values = flat.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(n, d)
@@ -465,16 +573,9 @@ def _flags_from_arrow(arr: Any, name: str, dtype_label: str) -> np.ndarray:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if not pa.types.is_boolean(arr.type):
-        raise ValueError(
-            f"validation column {name!r} must be boolean (True marks validation rows); it has dtype {dtype_label}. "
-            "Pass a bool column, or a fraction such as validation=0.25"
-        )
+        raise _flags_type_error(name, dtype_label)
     if arr.null_count:
-        count = arr.null_count
-        raise ValueError(
-            f"validation column {name!r} has {count} {'row' if count == 1 else 'rows'} with null (missing) "
-            "values; mark every row True (validation) or False (training)"
-        )
+        raise _flags_null_error(name, arr.null_count)
     return arr.to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
@@ -492,7 +593,7 @@ class _Source:
 
     def _check_unique(self, name: str, role: str) -> None:
         if sum(1 for c in self.names if c == name) > 1:
-            raise ValueError(f"{role} column {name!r} appears more than once in the data; rename the duplicates")
+            raise _duplicate_column_error(name, role)
 
     def column(self, name: str, role: str) -> _Column:
         self._check_unique(name, role)
@@ -507,22 +608,15 @@ class _Source:
             if isinstance(series.dtype, np.dtype):
                 if series.dtype.kind == "b":
                     return series.to_numpy()
-                raise _flags_from_arrow_error(name, str(series.dtype))
+                raise _flags_type_error(name, str(series.dtype))
             import pyarrow as pa
 
             try:
                 arr = pa.array(series, from_pandas=True)
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
-                raise _flags_from_arrow_error(name, str(series.dtype)) from None
+                raise _flags_type_error(name, str(series.dtype)) from None
             return _flags_from_arrow(arr, name, str(series.dtype))
         return _flags_from_arrow(self.obj.column(name), name, str(self.obj.schema.field(name).type))
-
-
-def _flags_from_arrow_error(name: str, dtype: str) -> ValueError:
-    return ValueError(
-        f"validation column {name!r} must be boolean (True marks validation rows); it has dtype {dtype}. "
-        "Pass a bool column, or a fraction such as validation=0.25"
-    )
 
 
 def _open_source(data: Any, wanted: dict[str, list[str]]) -> _Source:
@@ -577,6 +671,114 @@ def _check_known(names: Sequence[Any], wanted: dict[str, list[str]]) -> None:
 # ---------------------------------------------------------------------------- prepare
 
 
+@dataclass(frozen=True)
+class _Request:
+    """The checked arguments of :func:`prepare_data`, shared by the pandas/Arrow and the Spark paths."""
+
+    features: tuple[str, ...]
+    labels: tuple[str, ...]
+    num_partitions: int
+    seed: int
+    fraction: float | None
+    val_column: str | None
+
+    @property
+    def wanted(self) -> dict[str, list[str]]:
+        """The columns the data must have, per argument name (for :func:`_check_known`)."""
+        wanted = {"feature_columns": list(self.features), "label_columns": list(self.labels)}
+        if self.val_column is not None:
+            wanted["validation"] = [self.val_column]
+        return wanted
+
+    @property
+    def validation_spec(self) -> dict[str, Any]:
+        """How the validation rows are chosen, as it enters the content key."""
+        return {"fraction": self.fraction} if self.fraction is not None else {"column": self.val_column}
+
+    def num_val_rows(self, n: int) -> int:
+        """Validation rows for a fraction split of ``n`` rows: Python's ``round(fraction * n)``, at least 1."""
+        assert self.fraction is not None
+        return max(1, int(round(self.fraction * n)))
+
+
+def _check_request(
+    store: Any,
+    feature_columns: Any,
+    label_columns: Any,
+    validation: Any,
+    num_partitions: Any,
+    seed: Any,
+) -> _Request:
+    """Check :func:`prepare_data`'s arguments (not the data); ValueError/TypeError naming the bad one."""
+    features = _check_columns_arg(feature_columns, "feature_columns")
+    labels = _check_columns_arg(label_columns, "label_columns")
+    both = [c for c in features if c in labels]
+    if both:
+        raise ValueError(
+            f"column {both[0]!r} is in both feature_columns and label_columns; a column is either a model "
+            "input or an output"
+        )
+    num_partitions = _check_int_arg(num_partitions, "num_partitions", minimum=1)
+    seed = _check_int_arg(seed, "seed")
+    fraction, val_column = _check_validation_arg(validation, features, labels)
+    if not isinstance(store, Store):
+        raise TypeError(f"store must be a cerebro Store (e.g. LocalStore(path)); got {type(store).__name__}")
+    return _Request(features, labels, num_partitions, seed, fraction, val_column)
+
+
+def _check_split(req: _Request, n: int, n_val: int) -> None:
+    """Refuse a split without validation rows (column) or with fewer training rows than partitions."""
+    if req.val_column is not None and n_val == 0:
+        raise _no_true_rows_error(req.val_column)
+    if n - n_val < req.num_partitions:
+        raise _too_few_training_rows_error(n - n_val, req.num_partitions, n, n_val)
+
+
+def _round_robin_counts(rows: int, num_partitions: int) -> tuple[int, ...]:
+    """Rows of each partition when ranks ``p, p + P, p + 2P, ...`` go to partition ``p``."""
+    return tuple(len(range(p, rows, num_partitions)) for p in range(num_partitions))
+
+
+def _describe_prepared(
+    req: _Request,
+    columns: Sequence[tuple[str, str, tuple[int, ...], bool]],
+    n: int,
+    n_val: int,
+    data_hash: str,
+) -> PreparedData:
+    """The PreparedData of validated data: ``columns`` are ``(name, role, shape, is_integer)`` in order."""
+    feature_shapes = {name: shape for name, role, shape, _ in columns if role == "feature"}
+    label_shapes = {name: shape for name, role, shape, _ in columns if role == "label"}
+    label_dtypes = {name: ("int64" if integer else "float32") for name, role, _, integer in columns if role == "label"}
+    key = _content_key(
+        data_hash, req.features, req.labels, feature_shapes, label_shapes, label_dtypes, req.validation_spec,
+        req.num_partitions, req.seed,
+    )
+    return PreparedData(
+        key=key,
+        num_partitions=req.num_partitions,
+        feature_columns=req.features,
+        label_columns=req.labels,
+        feature_shapes=feature_shapes,
+        label_shapes=label_shapes,
+        label_dtypes=label_dtypes,
+        train_rows=_round_robin_counts(n - n_val, req.num_partitions),
+        val_rows=_round_robin_counts(n_val, req.num_partitions),
+        data_hash=data_hash,
+        reused=False,
+    )
+
+
+def _find_existing(store: Store, prepared: PreparedData, n: int) -> PreparedData | None:
+    """The stored copy of ``prepared`` (``reused=True``) when its manifest exists, else None."""
+    manifest = layout.data_manifest(prepared.key)
+    if not store.exists(manifest):
+        return None
+    existing = PreparedData.from_dict(store.read_json(manifest))
+    logger.info("reusing prepared data %s in %s (%d rows)", prepared.key, store.url, n)
+    return dataclasses.replace(existing, reused=True)
+
+
 def _content_key(
     data_hash: str,
     features: tuple[str, ...],
@@ -604,6 +806,13 @@ def _content_key(
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
+def _is_spark_dataframe(data: Any) -> bool:
+    """Whether ``data`` is a Spark DataFrame (classic or Spark Connect), without importing pyspark."""
+    return any(
+        cls.__name__ == "DataFrame" and cls.__module__.startswith("pyspark.sql") for cls in type(data).__mro__
+    )
+
+
 def prepare_data(
     data: Any,
     store: Store,
@@ -623,104 +832,106 @@ def prepare_data(
     is written under a temporary directory, renamed into place, and its
     manifest written last, so a crash never leaves a copy that looks complete.
 
-    ``data``: a pandas DataFrame, a pyarrow Table, or a path to a Parquet file
-    or directory. ``validation``: the fraction of rows held out (Python's
-    ``round(validation * n)`` rows, at least 1) or the name of a boolean column
-    whose True rows are the validation set.
+    ``data``: a pandas DataFrame, a pyarrow Table, a path to a Parquet file
+    or directory, or a Spark DataFrame (prepared by Spark itself in its
+    executors, see :mod:`cerebro.data_spark`; the result is identical to the
+    pandas path's for the same rows). ``validation``: the fraction of rows
+    held out (Python's ``round(validation * n)`` rows, at least 1) or the name
+    of a boolean column whose True rows are the validation set.
 
     Raises ``ValueError`` (naming the argument or column) for bad input before
     anything is written, ``TypeError`` for an unsupported ``data`` or ``store``.
     """
     t0 = time.perf_counter()
-    features = _check_columns_arg(feature_columns, "feature_columns")
-    labels = _check_columns_arg(label_columns, "label_columns")
-    both = [c for c in features if c in labels]
-    if both:
-        raise ValueError(
-            f"column {both[0]!r} is in both feature_columns and label_columns; a column is either a model "
-            "input or an output"
-        )
-    num_partitions = _check_int_arg(num_partitions, "num_partitions", minimum=1)
-    seed = _check_int_arg(seed, "seed")
-    fraction, val_column = _check_validation_arg(validation, features, labels)
-    if not isinstance(store, Store):
-        raise TypeError(f"store must be a cerebro Store (e.g. LocalStore(path)); got {type(store).__name__}")
+    req = _check_request(store, feature_columns, label_columns, validation, num_partitions, seed)
+    if _is_spark_dataframe(data):
+        from cerebro.data_spark import prepare_spark_data
 
-    wanted = {"feature_columns": list(features), "label_columns": list(labels)}
-    if val_column is not None:
-        wanted["validation"] = [val_column]
-    source = _open_source(data, wanted)
-    _check_known(source.names, wanted)
+        return prepare_spark_data(data, store, req)
+
+    source = _open_source(data, req.wanted)
+    _check_known(source.names, req.wanted)
     n = source.num_rows
     if n == 0:
-        raise ValueError("data has no rows; model selection needs training and validation rows")
+        raise _no_rows_error()
 
-    columns = [source.column(c, "feature") for c in features] + [source.column(c, "label") for c in labels]
-    flags = source.flags(val_column) if val_column is not None else None
+    columns = [source.column(c, "feature") for c in req.features] + [source.column(c, "label") for c in req.labels]
+    flags = source.flags(req.val_column) if req.val_column is not None else None
 
     # --- content hash, order, split
     hash_inputs = [c.values for c in columns] + ([flags] if flags is not None else [])
-    h1, h2 = _hash_columns(hash_inputs, [seed, _tiebreak_seed(seed)])
+    h1, h2 = _hash_columns(hash_inputs, [req.seed, _tiebreak_seed(req.seed)])
     order = np.lexsort((h2, h1))
-    if fraction is not None:
-        n_val = max(1, int(round(fraction * n)))
+    if flags is None:
+        n_val = req.num_val_rows(n)
         val_idx, train_idx = order[:n_val], order[n_val:]
-        validation_spec: dict[str, Any] = {"fraction": fraction}
     else:
-        assert flags is not None
         in_val = flags[order]
         val_idx, train_idx = order[in_val], order[~in_val]
-        validation_spec = {"column": val_column}
-        if len(val_idx) == 0:
-            raise ValueError(
-                f"validation column {val_column!r} has no True rows; the validation set needs at least one row"
-            )
-    if len(train_idx) < num_partitions:
-        raise ValueError(
-            f"only {len(train_idx)} training rows for num_partitions={num_partitions} (one partition per worker, "
-            f"each needs at least one row; {n} rows, {len(val_idx)} for validation); use at most "
-            f"{max(len(train_idx), 1)} workers or provide more data"
-        )
+    _check_split(req, n, len(val_idx))
 
-    pairs = np.stack((h1[order], h2[order]), axis=1).astype("<u8", copy=False)
-    data_hash = hashlib.sha256(pairs.tobytes()).hexdigest()
-
-    feature_shapes = {c.name: c.shape for c in columns if c.role == "feature"}
-    label_shapes = {c.name: c.shape for c in columns if c.role == "label"}
-    label_dtypes = {c.name: ("int64" if c.is_integer else "float32") for c in columns if c.role == "label"}
-    key = _content_key(
-        data_hash, features, labels, feature_shapes, label_shapes, label_dtypes, validation_spec, num_partitions, seed
-    )
-    train_parts = [train_idx[p::num_partitions] for p in range(num_partitions)]
-    val_parts = [val_idx[p::num_partitions] for p in range(num_partitions)]
-    prepared = PreparedData(
-        key=key,
-        num_partitions=num_partitions,
-        feature_columns=features,
-        label_columns=labels,
-        feature_shapes=feature_shapes,
-        label_shapes=label_shapes,
-        label_dtypes=label_dtypes,
-        train_rows=tuple(len(p) for p in train_parts),
-        val_rows=tuple(len(p) for p in val_parts),
-        data_hash=data_hash,
-        reused=False,
-    )
+    data_hash = multiset_digest(multiset_lanes(h1, h2), n)
+    described = [(c.name, c.role, c.shape, c.is_integer) for c in columns]
+    prepared = _describe_prepared(req, described, n, len(val_idx), data_hash)
     t_hash = time.perf_counter()
 
-    manifest = layout.data_manifest(key)
-    if store.exists(manifest):
-        existing = PreparedData.from_dict(store.read_json(manifest))
-        logger.info("reusing prepared data %s in %s (%d rows)", key, store.url, n)
-        return dataclasses.replace(existing, reused=True)
+    existing = _find_existing(store, prepared, n)
+    if existing is not None:
+        return existing
 
-    _publish(store, prepared, columns, train_parts, val_parts)
+    P = req.num_partitions
+    parts = {"train": [train_idx[p::P] for p in range(P)], "val": [val_idx[p::P] for p in range(P)]}
+
+    def write_files(tmp_dir: str) -> None:
+        import pyarrow.parquet as pq
+
+        fs, root = store.arrow_filesystem()
+        for split in layout.SPLITS:
+            store.makedirs(f"{tmp_dir}/{split}")
+            for p, rows in enumerate(parts[split]):
+                table = _partition_table(prepared, columns, rows)
+                pq.write_table(table, f"{root}/{_part_path(tmp_dir, prepared.key, split, p)}", filesystem=fs,
+                               row_group_size=_row_group_rows(prepared))
+
+    _publish(store, prepared, write_files)
     logger.info(
         "prepared data %s in %s: %d training rows in %d partitions, %d validation rows "
         "(validate+hash %.2fs, write %.2fs)",
-        key, store.url, len(train_idx), num_partitions, len(val_idx), t_hash - t0, time.perf_counter() - t_hash,
+        prepared.key, store.url, len(train_idx), P, len(val_idx), t_hash - t0, time.perf_counter() - t_hash,
     )
     return prepared
+
+
+# ---------------------------------------------------------------------------- write
+
+
+def _part_path(tmp_dir: str, key: str, split: str, partition: int) -> str:
+    """Store path of one partition file inside the temporary directory ``tmp_dir`` of data set ``key``."""
+    # Relative name inside the data set, from layout so naming stays in one place.
+    return f"{tmp_dir}/{layout.data_part(key, split, partition)[len(layout.data_dir(key)) + 1:]}"
+
+
+def _row_group_rows(prepared: PreparedData) -> int:
+    """Rows per Parquet row group: about ``_ROW_GROUP_BYTES`` of values, a function of the schema only.
+
+    Both paths write with it, so the files are byte-identical; and a writer
+    never needs more than one row group in memory.
+    """
+    width = sum(4 * int(np.prod(s, dtype=np.int64)) for s in prepared.feature_shapes.values())
+    width += sum(
+        np.dtype(prepared.label_dtypes[c]).itemsize * int(np.prod(prepared.label_shapes[c], dtype=np.int64))
+        for c in prepared.label_columns
+    )
+    return int(min(_MAX_GROUP_ROWS, max(_MIN_GROUP_ROWS, _ROW_GROUP_BYTES // max(width, 1))))
+
+
+def _column_dtype(prepared: PreparedData, name: str) -> np.dtype:
+    """The stored dtype of a column: float32 for features, ``label_dtypes`` for labels."""
+    return np.dtype(prepared.label_dtypes[name]) if name in prepared.label_dtypes else np.dtype(np.float32)
+
+
+def _column_shape(prepared: PreparedData, name: str) -> tuple[int, ...]:
+    return prepared.label_shapes[name] if name in prepared.label_shapes else prepared.feature_shapes[name]
 
 
 def _arrow_array(values: np.ndarray, shape: tuple[int, ...]) -> "pa.Array":
@@ -732,41 +943,40 @@ def _arrow_array(values: np.ndarray, shape: tuple[int, ...]) -> "pa.Array":
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), shape[0])
 
 
-def _partition_table(prepared: PreparedData, columns: list[_Column], rows: np.ndarray) -> "pa.Table":
-    """The Arrow table of one partition: features float32, labels int64/float32; arrays as fixed_size_list."""
+def _canonical_table(prepared: PreparedData, values: dict[str, np.ndarray]) -> "pa.Table":
+    """The stored Arrow table of some rows: features then labels, in order, as the partition files hold them.
+
+    ``values[c]`` has shape ``(n, *shape)`` in any numeric dtype; it is cast to
+    the stored dtype (features float32, labels int64/float32); arrays become
+    ``fixed_size_list``; every field is non-nullable.
+    """
     import pyarrow as pa
 
     arrays, fields = [], []
-    for c in columns:
-        dtype = np.float32 if c.role == "feature" else np.dtype(prepared.label_dtypes[c.name])
-        arr = _arrow_array(c.values[rows].astype(dtype, copy=False), c.shape)
+    for name in (*prepared.feature_columns, *prepared.label_columns):
+        arr = _arrow_array(values[name].astype(_column_dtype(prepared, name), copy=False), _column_shape(prepared, name))
         arrays.append(arr)
-        fields.append(pa.field(c.name, arr.type, nullable=False))
+        fields.append(pa.field(name, arr.type, nullable=False))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _publish(
-    store: Store,
-    prepared: PreparedData,
-    columns: list[_Column],
-    train_parts: list[np.ndarray],
-    val_parts: list[np.ndarray],
-) -> None:
-    """Write every partition under a temporary directory, rename it into place, then write the manifest."""
-    import pyarrow.parquet as pq
+def _partition_table(prepared: PreparedData, columns: list[_Column], rows: np.ndarray) -> "pa.Table":
+    """The Arrow table of one partition: the given ``rows`` of the validated ``columns``."""
+    return _canonical_table(prepared, {c.name: c.values[rows] for c in columns})
 
+
+def _publish(store: Store, prepared: PreparedData, write_files: Any) -> None:
+    """Publish a data set: ``write_files(tmp_dir)`` writes every partition file under a temporary
+    directory, which is then renamed into place; the manifest is written last.
+
+    A crash or an error leaves no directory that looks complete (the temporary
+    one is removed); losing a publish race to an equivalent copy is fine.
+    """
     key = prepared.key
     final_dir = layout.data_dir(key)
     tmp_dir = f"data/.tmp-{key}-{uuid.uuid4().hex}"
-    fs, root = store.arrow_filesystem()
     try:
-        for split, parts in (("train", train_parts), ("val", val_parts)):
-            store.makedirs(f"{tmp_dir}/{split}")
-            for p, rows in enumerate(parts):
-                # Relative name inside the data set, from layout so naming stays in one place.
-                rel = layout.data_part(key, split, p)[len(final_dir) + 1 :]
-                table = _partition_table(prepared, columns, rows)
-                pq.write_table(table, f"{root}/{tmp_dir}/{rel}", filesystem=fs)
+        write_files(tmp_dir)
         try:
             store.rename(tmp_dir, final_dir)
         except FileExistsError:

@@ -93,10 +93,24 @@ class TrainedModel:
         return self.keras().predict(self._inputs(features), batch_size=batch_size, verbose=0)
 
     def transform(self, df):
-        """A copy of ``df`` with one ``<label>__output`` column per model output."""
+        """``df`` with one ``<label>__output`` column per model output (the model's predictions).
+
+        A pandas DataFrame gives a pandas copy (predicted here). A Spark DataFrame
+        gives a new, lazy Spark DataFrame predicted in the executors (the model
+        travels by broadcast; no data is collected): scalar outputs are
+        ``double``, vector outputs ``array<float>``; feature columns may be
+        numbers, numeric arrays or Spark ML vectors (see :mod:`cerebro.transform_spark`).
+        Missing feature columns raise ValueError listing the DataFrame's columns.
+        """
+        from .data import _is_spark_dataframe
+
+        if _is_spark_dataframe(df):
+            from .transform_spark import transform_spark_dataframe
+
+            return transform_spark_dataframe(self, df)
         if not isinstance(df, pd.DataFrame):
             raise TypeError(
-                f"transform() takes a pandas DataFrame here. Got {type(df).__name__} instead."
+                f"transform() takes a pandas or a Spark DataFrame. Got {type(df).__name__} instead."
             )
         outputs = self.predict(df)
         if not isinstance(outputs, (list, tuple)):
