@@ -28,12 +28,14 @@ def _fit(backend, store_dir, frame, epochs=2):
 
 
 @pytest.mark.slow
-def test_same_models_as_local_backend_and_workers_kept_between_fits(spark, tmp_path):
+def test_spark_dataframe_on_spark_backend_gives_the_local_backend_models(spark, tmp_path):
     frame = make_frame(3000)
     with LocalBackend(2) as local:
         expected = _fit(local, tmp_path / "local", frame)
     with SparkBackend(spark, 2) as backend:
-        got = _fit(backend, tmp_path / "spark", frame)
+        # The same rows as a Spark DataFrame (prepared by Spark, in another order): same models.
+        sdf = spark.createDataFrame(frame.sample(frac=1.0, random_state=3)).repartition(3)
+        got = _fit(backend, tmp_path / "spark", sdf)
         assert_same_models(expected, got)
         assert_exactly_once(got, 2, 2, 2)
         assert set(got.visits.worker) == {0, 1}
