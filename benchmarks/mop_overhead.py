@@ -39,41 +39,19 @@ import time
 import numpy as np
 import pandas as pd
 
-SPACE = {"learning_rate": [1e-3, 3e-3], "width": [128, 256], "batch_size": [32, 128]}
-
-
-def make_data(rows: int, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 64)).astype(np.float32)
-    w1 = rng.normal(size=(64, 32)) / 8
-    w2 = rng.normal(size=(32, 10))
-    y = np.argmax(np.tanh(x @ w1) @ w2 + 0.5 * rng.normal(size=(rows, 10)), axis=1)
-    return pd.DataFrame({"features": list(x), "label": y.astype(np.int64)})
-
-
-def make_estimator(params):
-    import keras
-
-    from cerebro import KerasEstimator
-
-    model = keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(params["width"], activation="relu"),
-        keras.layers.Dense(params["width"], activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    return KerasEstimator(model, keras.optimizers.Adam(params["learning_rate"]), "sparse_categorical_crossentropy",
-                          metrics=["accuracy"], batch_size=params["batch_size"])
+from benchmarks.workload import SPACE, make_data, make_estimator  # noqa: F401 - the shared workload
 
 
 def single_process(rows: int, out_path: str) -> None:
     """Child process: one thread, every configuration for one epoch + evaluation; writes rows/s."""
     import itertools
 
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    from cerebro.frameworks.keras import limit_threads
+    from benchmarks.workload import limit_tf_threads, limit_threads
 
     limit_threads(1)
+    import tensorflow as tf
+
+    limit_tf_threads(tf, 1)
     df = make_data(rows)
     x = np.stack(df.features.to_numpy())
     y = df.label.to_numpy()

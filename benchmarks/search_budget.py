@@ -76,13 +76,9 @@ ASHA_RF = 3
 # ---------------------------------------------------------------------------- workload
 
 def digits_frame():
-    import numpy as np
-    import pandas as pd
-    from sklearn.datasets import load_digits
+    from cerebro.datasets import digits_frame as frame
 
-    digits = load_digits()
-    pixels = (digits.data / 16.0).astype(np.float32)
-    return pd.DataFrame({"features": list(pixels), "label": digits.target.astype(np.int64)})
+    return frame()
 
 
 def make_estimator(params: dict):

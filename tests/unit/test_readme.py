@@ -20,4 +20,8 @@ def test_readme_gives_exactly_two_fresh_machine_commands():
 
 def test_ci_runs_the_readme_test_command_verbatim():
     ci_lines = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines() if l.strip() and not l.startswith("#")]
-    assert ci_lines[-1] == _commands()[1]
+    # The README's test command, verbatim; after it only the benchmark step (setup of the
+    # baseline engines and their smoke tests, see benchmarks/).
+    assert _commands()[1] in ci_lines
+    after = ci_lines[ci_lines.index(_commands()[1]) + 1:]
+    assert all(l.startswith((".venv/bin/python -m benchmarks.", ".venv/bin/python -m pytest benchmarks/")) for l in after), after

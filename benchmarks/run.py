@@ -1,0 +1,465 @@
+"""One command for every benchmark: MOP against the baselines the Cerebro paper used, plus the
+scheduler simulation.  Prints a markdown table; writes ``summary.json``, ``results.json``,
+``table.md`` and PNG plots under ``benchmarks/results/<name>/``.
+
+Systems (each a real engine, see ``benchmarks.baselines``): MOP on LocalBackend (and on
+SparkBackend ``local[p]`` when ``cerebro.SparkBackend``, pyspark and Java are there), task
+parallelism with full replication, Horovod over Gloo (when ``benchmarks.setup_baselines``
+built it), PyTorch DDP over Gloo, TensorFlow ParameterServerStrategy, model averaging, and
+one sequential process.  Same workload for all (``benchmarks.workload``): 8 MLP
+configurations, generated data for time, digits for accuracy, p workers of 1 thread each.
+
+Figures per system: wall time per epoch of all configurations (the span from "all workers
+ready" to the last evaluation, divided by the epochs), worker utilisation, bytes stored (data
+on disk the system's workers read), bytes moved (measured for MOP; computed from model size x
+steps for the others, labelled so), final validation accuracy on digits (best configuration,
+and the mean over configurations) after the same epochs.  Ratios in ``summary.json`` are
+ratios of medians over the repeats.
+
+Usage:
+    python -m benchmarks.setup_baselines          # once: torch, tf-keras, Horovod (build)
+    python -m benchmarks.run --quick              # 1 repeat, 50k rows, 1 timed epoch, 4 accuracy epochs
+    python -m benchmarks.run --full               # 3 repeats, 60k rows, 2 timed epochs, 10 accuracy epochs
+    python -m benchmarks.run --smoke              # tiny data, every engine once (CI)
+Options: --workers P, --rows N, --repeats R, --epochs E, --accuracy-epochs E, --only a,b,
+--name NAME, --out DIR, --no-sim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SYSTEMS = ("sequential", "mop", "mop-spark", "task-parallel", "horovod", "ddp", "ps", "model-averaging")
+LABELS = {
+    "sequential": "Sequential (1 process)",
+    "mop": "MOP (cerebro, LocalBackend)",
+    "mop-spark": "MOP (cerebro, SparkBackend local[p])",
+    "task-parallel": "Task parallel, full replication",
+    "horovod": "All-reduce: Horovod 0.28.1 / Gloo (torch)",
+    "ddp": "All-reduce: PyTorch DDP / Gloo",
+    "ps": "Parameter server: TF ParameterServerStrategy",
+    "model-averaging": "Model averaging (per epoch)",
+}
+PROFILES = {
+    "quick": {"rows": 50000, "epochs": 1, "accuracy_epochs": 4, "repeats": 1, "timeout": 400},
+    "full": {"rows": 60000, "epochs": 2, "accuracy_epochs": 10, "repeats": 3, "timeout": 1800},
+    "smoke": {"rows": 2000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "timeout": 300, "max_configs": 2},
+}
+SHORT = {"sequential": "Sequential", "mop": "MOP (Local)", "mop-spark": "MOP (Spark)", "task-parallel": "Task parallel",
+         "horovod": "Horovod", "ddp": "PyTorch DDP", "ps": "Parameter server", "model-averaging": "Model averaging"}
+SUMMARY_KEYS = (
+    "mop_busy_fraction", "allreduce_over_mop", "horovod_over_mop", "ddp_over_mop", "ps_over_mop",
+    "mop_over_task_parallel", "task_parallel_storage_over_mop", "accuracy_gap_vs_sequential",
+    "model_averaging_accuracy_gap_vs_sequential", "scheduler_makespan_over_lower_bound",
+    "randomized_makespan_over_lower_bound", "scheduler_decision_ms", "hop_share", "throughput_over_physical_limit",
+)
+GOALS = {
+    "mop_busy_fraction": (">=", 0.90), "allreduce_over_mop": (">=", 3.0), "ps_over_mop": (">=", 10.0),
+    "mop_over_task_parallel": ("<=", 1.05), "accuracy_gap_vs_sequential": ("abs<=", 0.5),
+    "scheduler_makespan_over_lower_bound": ("<=", 1.05), "scheduler_decision_ms": ("<=", 1.0),
+    "hop_share": ("<=", 0.05), "throughput_over_physical_limit": (">=", 0.90),
+}
+
+
+# ---------------------------------------------------------------------------- availability
+
+def availability(workers: int) -> dict[str, str | None]:
+    """System -> None when it can run here, else why not (reported, never silently dropped)."""
+    have = {m: importlib.util.find_spec(m) is not None for m in ("torch", "tf_keras", "horovod", "pyspark")}
+    out: dict[str, str | None] = {s: None for s in SYSTEMS}
+    if not have["torch"]:
+        for s in ("ddp", "model-averaging", "horovod"):
+            out[s] = "torch is not installed (python -m benchmarks.setup_baselines)"
+    if not have["tf_keras"]:
+        out["ps"] = "tf_keras is not installed (python -m benchmarks.setup_baselines)"
+    if out["horovod"] is None:
+        out["horovod"] = horovod_unavailable()
+    try:
+        import cerebro
+
+        cerebro.SparkBackend  # noqa: B018 - importable is the question
+    except Exception as exc:  # noqa: BLE001
+        out["mop-spark"] = f"cerebro.SparkBackend is not importable ({type(exc).__name__}: {exc})"
+    else:
+        if not have["pyspark"]:
+            out["mop-spark"] = "pyspark is not installed"
+        elif shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            out["mop-spark"] = "no Java runtime for Spark"
+    return out
+
+
+def horovod_unavailable() -> str | None:
+    """None if Horovod with Gloo imports; else the reason (from the setup's build record if any)."""
+    probe = subprocess.run([sys.executable, "-c", "import horovod.torch as h; assert h.gloo_built()"],
+                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if probe.returncode == 0:
+        return None
+    try:
+        status = json.loads((HERE / ".build" / "baselines.json").read_text()).get("horovod", {})
+    except (OSError, ValueError):
+        status = {}
+    if status.get("reason"):
+        return f"Horovod did not build: {status['reason']} (log: {status.get('log')})"
+    return "Horovod is not installed (python -m benchmarks.setup_baselines builds it)"
+
+
+# ---------------------------------------------------------------------------- running
+
+def prepare_data(root: Path, rows: int, workers: int) -> dict[str, str]:
+    from benchmarks import workload as wl
+
+    x, y = wl.make_arrays(rows)
+    wl.write_dataset(root / "generated", x, y, wl.validation_mask(len(x)), shards=workers, replicas=workers)
+    x, y = wl.digits_arrays()
+    wl.write_dataset(root / "digits", x, y, wl.validation_mask(len(x)), shards=workers, replicas=workers)
+    return {"time": str(root / "generated"), "accuracy": str(root / "digits")}
+
+
+def run_engine(system: str, jobs: list[dict], workers: int, tmp: Path, timeout: float, log_dir: Path) -> dict:
+    """Run one engine in its own process group; its JSON, or {"error": ...} (never raises)."""
+    jobs_path = tmp / f"{system}-jobs-{time.time_ns()}.json"
+    out = tmp / f"{system}-out-{time.time_ns()}.json"
+    jobs_path.write_text(json.dumps(jobs))
+    log = log_dir / f"{system}.log"
+    cmd = [sys.executable, "-m", "benchmarks.baselines", system, "--jobs", str(jobs_path), "--out", str(out),
+           "--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    with open(log, "a") as fh:
+        fh.write(f"\n# {' '.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            try:  # the engine's helpers (ranks, servers, workers) live in its process group
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    wall = time.perf_counter() - started
+    if rc is None:
+        return {"error": f"timed out after {timeout:.0f} s (log: {log})", "wall_s": wall}
+    if rc != 0 or not out.exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return {"error": f"exit {rc}: {' | '.join(tail)[-400:]} (log: {log})", "wall_s": wall}
+    result = json.loads(out.read_text())
+    result["wall_s"] = wall
+    return result
+
+
+def run_all(profile: dict, workers: int, systems: list[str], out_dir: Path, log=print) -> dict:
+    avail = availability(workers)
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
+    errors: dict[str, str] = {}
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cerebro-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = prepare_data(tmp / "data", profile["rows"], workers)
+        for r in range(profile["repeats"]):
+            for system in systems:
+                if avail.get(system):
+                    continue
+                jobs = [{"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
+                         "scheduler": "dynamic"}]
+                if r == 0:
+                    jobs.append({"tag": "accuracy", "data": data["accuracy"], "epochs": profile["accuracy_epochs"],
+                                 "seed": 2020, "scheduler": "deterministic"})
+                for job in jobs:
+                    if profile.get("max_configs"):
+                        job["max_configs"] = profile["max_configs"]
+                log(f"# repeat {r + 1}/{profile['repeats']}: {system} ...")
+                res = run_engine(system, jobs, workers, tmp, profile["timeout"], log_dir)
+                if "error" in res:
+                    errors[f"{system} (repeat {r + 1})"] = res["error"]
+                    log(f"#   {system} FAILED: {res['error']}")
+                else:
+                    runs[system].append(res)
+                    spans = {j["tag"]: round(j["span_s"], 1) for j in res["jobs"]}
+                    log(f"#   {system}: spans {spans} s, process wall {res['wall_s']:.0f} s")
+    return {"runs": runs, "errors": errors, "unavailable": {s: why for s, why in avail.items() if why and s in systems}}
+
+
+# ---------------------------------------------------------------------------- arithmetic (pure)
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def job_of(run: dict, tag: str) -> dict | None:
+    return next((j for j in run.get("jobs", []) if j["tag"] == tag), None)
+
+
+def system_figures(system: str, runs: list[dict], workers: int) -> dict:
+    """Per-system medians over the repeats (time job) and the accuracy job's figures."""
+    timed = [j for r in runs for j in [job_of(r, "time")] if j]
+    acc = next((j for r in runs for j in [job_of(r, "accuracy")] if j), None)
+    p = 1 if system == "sequential" else workers
+    fig: dict = {"system": system, "repeats": len(timed)}
+    if timed:
+        fig["epoch_s"] = _median([j["span_s"] / j["epochs"] for j in timed])
+        fig["rows_per_s"] = _median([j["train_rows"] / j["span_s"] for j in timed])
+        if system.startswith("mop"):
+            fig["utilisation"] = _median([j.get("busy_fraction") for j in timed])
+            fig["utilisation_how"] = "task time / (p x span), from the visits"
+            fig["hop_share"] = _median([j.get("hop_share") for j in timed])
+            fig["mean_hop_ms"] = _median([j.get("mean_hop_ms") for j in timed])
+        else:
+            fig["utilisation"] = _median([j["cpu_s"] / (p * j["span_s"]) if j.get("cpu_s") else None for j in timed])
+            fig["utilisation_how"] = "CPU seconds of the worker processes / (p x span)"
+        fig["bytes_stored"] = timed[0]["bytes_stored"]
+        if "raw_data_bytes" in timed[0]:
+            fig["raw_data_bytes"] = timed[0]["raw_data_bytes"]
+        fig["bytes_moved_per_epoch"] = _median([j["bytes_moved"] / j["epochs"] for j in timed])
+        fig["bytes_moved_how"] = timed[0]["bytes_moved_how"]
+        fig["epoch_s_all"] = [j["span_s"] / j["epochs"] for j in timed]
+    if acc:
+        finals = [c["val_accuracy"][-1] for c in acc["configs"] if c["val_accuracy"]]
+        fig["accuracy_epochs"] = acc["epochs"]
+        fig["best_val_accuracy"] = max(finals) if finals else None
+        fig["mean_val_accuracy"] = sum(finals) / len(finals) if finals else None
+        fig["curves"] = {_config_name(c["params"]): c["val_accuracy"] for c in acc["configs"]}
+    return fig
+
+
+def _config_name(params: dict) -> str:
+    return f"lr={params['learning_rate']:g} w={params['width']} b={params['batch_size']}"
+
+
+def summarise(figures: dict[str, dict], sim: dict | None, workers: int) -> dict:
+    """The summary.json figures from per-system figures and the simulation's summary (pure)."""
+    def f(system, key):
+        return figures.get(system, {}).get(key)
+
+    def gap(system):
+        a, b = f(system, "best_val_accuracy"), f("sequential", "best_val_accuracy")
+        return 100 * (a - b) if a is not None and b is not None else None
+
+    mop_epoch = f("mop", "epoch_s")
+    horovod = _ratio(f("horovod", "epoch_s"), mop_epoch)
+    ddp = _ratio(f("ddp", "epoch_s"), mop_epoch)
+    seq_rate = f("sequential", "rows_per_s")
+    summary = {
+        "mop_busy_fraction": f("mop", "utilisation"),
+        "allreduce_over_mop": horovod if horovod is not None else ddp,
+        "horovod_over_mop": horovod,
+        "ddp_over_mop": ddp,
+        "ps_over_mop": _ratio(f("ps", "epoch_s"), mop_epoch),
+        "mop_over_task_parallel": _ratio(mop_epoch, f("task-parallel", "epoch_s")),
+        # Both in raw float32 bytes: p copies of the training rows (+ the validation rows) against
+        # MOP's one partitioned copy of the same rows (its Parquet store is in the table beside).
+        "task_parallel_storage_over_mop": _ratio(f("task-parallel", "bytes_stored"), f("mop", "raw_data_bytes")),
+        "accuracy_gap_vs_sequential": gap("mop"),
+        "model_averaging_accuracy_gap_vs_sequential": gap("model-averaging"),
+        "scheduler_makespan_over_lower_bound": (sim or {}).get("scheduler_makespan_over_lower_bound"),
+        "randomized_makespan_over_lower_bound": (sim or {}).get("randomized_makespan_over_lower_bound"),
+        "scheduler_decision_ms": (sim or {}).get("scheduler_decision_ms"),
+        "hop_share": f("mop", "hop_share"),
+        "throughput_over_physical_limit": _ratio(f("mop", "rows_per_s"), workers * seq_rate if seq_rate else None),
+    }
+    return summary
+
+
+def goal_status(key: str, value) -> str:
+    if key not in GOALS or value is None:
+        return "" if value is not None else "n/a"
+    op, target = GOALS[key]
+    ok = {">=": value >= target, "<=": value <= target, "abs<=": abs(value) <= target}[op]
+    return f"{'met' if ok else 'MISSED'} ({op.replace('abs', '|x| ')} {target:g})"
+
+
+# ---------------------------------------------------------------------------- output
+
+def _fmt(v, digits=3):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _mb(v):
+    return "n/a" if v is None else f"{v / 1e6:.1f}"
+
+
+def markdown(report: dict) -> str:
+    figs, summary = report["figures"], report["summary"]
+    prof = report["profile"]
+    lines = [
+        f"Workload: {report['configs']} MLP configurations (64 -> w -> w -> 10, Adam; lr {{1e-3, 3e-3}} x width "
+        f"{{128, 256}} x batch {{32, 128}}); time on {prof['rows']:,} generated rows x 64 features (25% validation), "
+        f"{prof['epochs']} epoch(s); accuracy on digits after {prof['accuracy_epochs']} epochs; "
+        f"p = {report['workers']} workers x 1 thread; {prof['repeats']} repeat(s), medians.",
+        "",
+        "| system | s / epoch (all configs) | vs MOP | utilisation | data stored MB | moved MB / epoch | "
+        "digits acc best (mean) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    mop_epoch = figs.get("mop", {}).get("epoch_s")
+    for system in SYSTEMS:
+        if system in report["unavailable"]:
+            lines.append(f"| {LABELS[system]} | unavailable: {report['unavailable'][system][:90]} | | | | | |")
+            continue
+        g = figs.get(system)
+        if not g or "epoch_s" not in g:
+            if system in report["systems"]:
+                lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | |")
+            continue
+        moved = _mb(g.get("bytes_moved_per_epoch")) + (" (measured)" if str(g.get("bytes_moved_how", "")).startswith("measured")
+                                                      else " (computed)" if g.get("bytes_moved_per_epoch") else "")
+        acc = (f"{g['best_val_accuracy']:.4f} ({g['mean_val_accuracy']:.4f})" if g.get("best_val_accuracy") is not None
+               else "n/a")
+        lines.append(f"| {LABELS[system]} | {g['epoch_s']:.1f} | {_fmt(_ratio(g['epoch_s'], mop_epoch), 2)} | "
+                     f"{_fmt(g.get('utilisation'), 2)} | {_mb(g.get('bytes_stored'))} | {moved} | {acc} |")
+    lines += ["", "| figure | value | goal |", "|---|---:|---|"]
+    for key in SUMMARY_KEYS:
+        lines.append(f"| {key} | {_fmt(summary.get(key), 4)} | {goal_status(key, summary.get(key))} |")
+    if report["errors"]:
+        lines += ["", "Errors:"] + [f"- {k}: {v}" for k, v in report["errors"].items()]
+    return "\n".join(lines)
+
+
+def plot(report: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = report["figures"]
+    shown = [s for s in SYSTEMS if figs.get(s, {}).get("epoch_s") is not None]
+    paths = []
+    if shown:
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+        labels = [SHORT[s] for s in shown]
+        axes[0].barh(labels, [figs[s]["epoch_s"] for s in shown], color="tab:blue")
+        axes[0].set_xlabel("seconds per epoch (all configurations)")
+        axes[0].invert_yaxis()
+        axes[1].barh(labels, [figs[s].get("utilisation") or 0 for s in shown], color="tab:green")
+        axes[1].set_xlabel("worker utilisation")
+        axes[1].set_xlim(0, 1.05)
+        axes[1].invert_yaxis()
+        axes[2].barh(labels, [figs[s].get("best_val_accuracy") or 0 for s in shown], color="tab:orange")
+        axes[2].set_xlabel("digits: best validation accuracy")
+        axes[2].set_xlim(0.5, 1.0)
+        axes[2].invert_yaxis()
+        for ax in axes[1:]:
+            ax.set_yticklabels([])
+        fig.suptitle(f"p = {report['workers']} workers x 1 thread; {report['profile']['rows']:,} rows")
+        fig.tight_layout()
+        path = out_dir / "systems.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path))
+    curves = {s: figs[s]["curves"] for s in shown if figs[s].get("curves")}
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        import numpy as np
+
+        for s, per_config in curves.items():
+            mean = np.mean([v for v in per_config.values()], axis=0)
+            ax.plot(range(1, len(mean) + 1), mean, marker="o", label=LABELS[s])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("digits validation accuracy (mean over configurations)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / "accuracy.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="1 repeat, 50k rows, 1 timed epoch, 4 accuracy epochs (default)")
+    mode.add_argument("--full", action="store_true", help="3 repeats, 2 timed epochs, 10 accuracy epochs")
+    mode.add_argument("--smoke", action="store_true", help="tiny data, 2 configurations: does every engine run?")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--accuracy-epochs", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    parser.add_argument("--no-sim", action="store_true", help="skip the scheduler simulation")
+    parser.add_argument("--name", default=None, help="results folder name (default: a timestamp)")
+    parser.add_argument("--out", default=None, help="results root (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    profile_name = "full" if args.full else "smoke" if args.smoke else "quick"
+    profile = dict(PROFILES[profile_name])
+    for key in ("rows", "epochs", "accuracy_epochs", "repeats"):
+        if getattr(args, key) is not None:
+            profile[key] = getattr(args, key)
+    systems = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"--only names unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    if profile["rows"] < 100 * args.workers or args.workers < 1 or profile["repeats"] < 1:
+        parser.error("need --workers >= 1, --repeats >= 1 and at least 100 rows per worker")
+    name = args.name or time.strftime(f"%Y%m%d-%H%M%S-{profile_name}")
+    out_dir = Path(args.out or HERE / "results") / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    sim = None
+    if not args.no_sim:
+        from benchmarks import scheduler_sim
+
+        log("# scheduler simulation ...")
+        sim_report = scheduler_sim.run(quick=profile_name != "full", seeds=1 if profile_name == "smoke" else None)
+        sim = sim_report["summary"]
+        (out_dir / "scheduler_sim.json").write_text(json.dumps(sim_report, indent=1))
+        scheduler_sim.plot(sim_report["rows"], str(out_dir / "scheduler_sim.png"))
+        sim_table = scheduler_sim.markdown(sim_report["rows"], sim_report["decision"])
+    raw = run_all(profile, args.workers, systems, out_dir, log=log)
+    from benchmarks import workload as wl
+
+    figures = {s: system_figures(s, runs, args.workers) for s, runs in raw["runs"].items() if runs}
+    report = {
+        "profile": {"name": profile_name, **profile}, "workers": args.workers, "systems": systems,
+        "configs": profile.get("max_configs") or len(wl.configurations()),
+        "figures": figures, "summary": summarise(figures, sim, args.workers),
+        "unavailable": raw["unavailable"], "errors": raw["errors"],
+        "wall_s": round(time.perf_counter() - started, 1), "host": {"cpus": os.cpu_count()},
+    }
+    table = markdown(report)
+    if sim is not None:
+        table += "\n\nScheduler simulation (makespan / lower bound; see benchmarks/scheduler_sim.py):\n\n" + sim_table
+    report["plots"] = plot(report, out_dir) + ([str(out_dir / "scheduler_sim.png")] if sim is not None else [])
+    summary = {**report["summary"], "repeats": profile["repeats"], "profile": profile_name, "workers": args.workers,
+               "unavailable": report["unavailable"], "errors": report["errors"], "wall_s": report["wall_s"]}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "results.json").write_text(json.dumps({**report, "raw": raw["runs"]}, indent=1) + "\n")
+    (out_dir / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"\nresults: {out_dir} ({report['wall_s']:.0f} s)")
+    return 1 if raw["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Smoke run of every baseline engine on tiny data: does each one still train and report?
+
+Not part of the default ``python -m pytest`` (testpaths = tests): CI runs it after
+``python -m benchmarks.setup_baselines``, as ``python -m pytest benchmarks/tests``.
+No timing assertions: each engine must finish, report its figures, and learn digits well
+above chance (10%) in two epochs.  An engine whose dependency is missing is a failure, except
+Horovod and MOP on Spark, which are skipped with the reason (the build log's, for Horovod).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench-smoke")
+    x, y = workload.digits_arrays()
+    workload.write_dataset(tmp / "digits", x, y, workload.validation_mask(len(x)), shards=WORKERS, replicas=WORKERS)
+    path = tmp / "jobs.json"
+    path.write_text(json.dumps([{"tag": "accuracy", "data": str(tmp / "digits"), "epochs": 2, "seed": 2020,
+                                 "max_configs": 2, "scheduler": "deterministic"}]))
+    return tmp, path
+
+
+@pytest.fixture(scope="module")
+def unavailable():
+    return run.availability(WORKERS)
+
+
+@pytest.mark.parametrize("engine", run.SYSTEMS)
+def test_engine_trains_and_reports(engine, jobs, unavailable):
+    if engine in ("horovod", "mop-spark") and unavailable.get(engine):
+        pytest.skip(unavailable[engine])
+    assert not unavailable.get(engine), unavailable.get(engine)
+    tmp, jobs_path = jobs
+    out = tmp / f"{engine}.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.baselines", engine, "--jobs", str(jobs_path),
+                           "--out", str(out), "--workers", str(WORKERS)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    (job,) = result["jobs"]
+    assert job["tag"] == "accuracy" and job["epochs"] == 2
+    assert job["span_s"] > 0 and job["train_rows"] > 0 and job["bytes_stored"] > 0
+    assert len(job["configs"]) == 2
+    for config in job["configs"]:
+        accs = config["val_accuracy"]
+        assert len(accs) == 2 and all(math.isfinite(a) for a in accs)
+        assert accs[-1] > 0.5, config  # digits, two epochs: far above chance
+    if engine != "sequential":
+        assert job["bytes_moved"] > 0, "every distributed engine moves bytes"
+    figures = run.system_figures(engine, [{"jobs": [dict(job, tag="time")]}], WORKERS)
+    assert figures["epoch_s"] > 0
