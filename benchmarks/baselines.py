@@ -501,15 +501,10 @@ def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False) ->
 
     system = "mop-spark" if spark else "mop"
     if spark:
-        # Spark's Python workers must be this interpreter (the one with keras and cerebro).
-        os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode: loopback only
-        from pyspark.sql import SparkSession
+        # The session the demo and the tests use: loopback only, this interpreter on the executors.
+        from cerebro.backends.spark_session import local_session
 
-        session = (SparkSession.builder.master(f"local[{workers}]").appName("cerebro-benchmark")
-                   .config("spark.ui.enabled", "false").config("spark.driver.memory", "2g")
-                   .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-                   .getOrCreate())
+        session = local_session(f"local[{workers}]", "cerebro-benchmark")
         backend = cerebro.SparkBackend(session.sparkContext, num_workers=workers)
     else:
         backend = cerebro.LocalBackend(workers, threads_per_worker=1)
