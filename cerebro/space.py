@@ -15,18 +15,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from cerebro._checks import is_int, is_number, param_error
+
 __all__ = [
     "Dimension", "Choice", "Uniform", "LogUniform", "QUniform", "QLogUniform", "RandInt",
     "hp_choice", "hp_uniform", "hp_loguniform", "hp_quniform", "hp_qloguniform", "hp_randint",
-    "validate_space", "grid", "sample",
+    "validate_space", "grid", "sample", "quantize",
 ]
 
 
-def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"The '{name}' bound must be a number. Got {value!r} instead.")
+def _finite(kind: str, name: str, value: Any) -> float:
+    """A bound of dimension ``kind``: TypeError for a non-number, ValueError if not finite."""
+    if not is_number(value):
+        raise param_error(kind, name, "a number", value, TypeError)
     if not math.isfinite(float(value)):
-        raise ValueError(f"The '{name}' bound must be finite. Got {value!r} instead.")
+        raise param_error(kind, name, "a finite number", value)
     return float(value)
 
 
@@ -64,7 +67,7 @@ class Uniform(Dimension):
     high: float
 
     def __post_init__(self) -> None:
-        _check_range("hp_uniform", _finite("low", self.low), _finite("high", self.high))
+        _check_range("hp_uniform", _finite("hp_uniform", "low", self.low), _finite("hp_uniform", "high", self.high))
 
     def sample(self, rng: np.random.Generator) -> float:
         return float(rng.uniform(self.low, self.high))
@@ -76,7 +79,7 @@ class LogUniform(Dimension):
     high: float
 
     def __post_init__(self) -> None:
-        low, high = _finite("low", self.low), _finite("high", self.high)
+        low, high = _finite("hp_loguniform", "low", self.low), _finite("hp_loguniform", "high", self.high)
         if low <= 0 or high <= 0:
             raise ValueError(
                 "hp_loguniform needs positive bounds (they are the values, e.g. 1e-4 and 1e-1, "
@@ -89,7 +92,7 @@ class LogUniform(Dimension):
 
 
 def _check_q(kind: str, q: Any) -> float:
-    q = _finite("q", q)
+    q = _finite(kind, "q", q)
     if q <= 0:
         raise ValueError(f"{kind} needs q > 0. Got q={q!r}.")
     return q
@@ -100,8 +103,12 @@ def _check_has_step(kind: str, low: float, high: float, q: float) -> None:
         raise ValueError(f"{kind} has no multiple of q={q!r} between low={low!r} and high={high!r}.")
 
 
-def _quantize(value: float, q: float, low: float, high: float) -> float:
-    # hyperopt's definition: round(x / q) * q, kept inside [low, high] so bounds are honoured.
+def quantize(value: float, q: float, low: float, high: float) -> float:
+    """``value`` rounded to a multiple of ``q`` inside [low, high] (the q-dimensions' values).
+
+    hyperopt's definition, round(x / q) * q, moved by whole steps of ``q`` back inside the
+    bounds so that they are honoured.
+    """
     out = round(value / q) * q
     while out < low - 1e-12:
         out += q
@@ -117,11 +124,11 @@ class QUniform(Dimension):
     q: float
 
     def __post_init__(self) -> None:
-        _check_range("hp_quniform", _finite("low", self.low), _finite("high", self.high))
+        _check_range("hp_quniform", _finite("hp_quniform", "low", self.low), _finite("hp_quniform", "high", self.high))
         _check_has_step("hp_quniform", self.low, self.high, _check_q("hp_quniform", self.q))
 
     def sample(self, rng: np.random.Generator) -> float:
-        return _quantize(float(rng.uniform(self.low, self.high)), self.q, self.low, self.high)
+        return quantize(float(rng.uniform(self.low, self.high)), self.q, self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ class QLogUniform(Dimension):
     q: float
 
     def __post_init__(self) -> None:
-        low, high = _finite("low", self.low), _finite("high", self.high)
+        low, high = _finite("hp_qloguniform", "low", self.low), _finite("hp_qloguniform", "high", self.high)
         if low <= 0 or high <= 0:
             raise ValueError(
                 f"hp_qloguniform needs positive bounds (values, not exponents). Got low={self.low!r}, high={self.high!r}."
@@ -141,7 +148,7 @@ class QLogUniform(Dimension):
 
     def sample(self, rng: np.random.Generator) -> float:
         value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return _quantize(value, self.q, self.low, self.high)
+        return quantize(value, self.q, self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -153,8 +160,8 @@ class RandInt(Dimension):
 
     def __post_init__(self) -> None:
         for name, v in (("low", self.low), ("high", self.high)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"hp_randint's '{name}' must be an int. Got {v!r} instead.")
+            if not is_int(v):
+                raise param_error("hp_randint", name, "an int", v, TypeError)
         _check_range("hp_randint", self.low, self.high)
 
     def sample(self, rng: np.random.Generator) -> int:

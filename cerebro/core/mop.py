@@ -38,6 +38,7 @@ from typing import Union
 
 import numpy as np
 
+from cerebro.core.seeds import epoch_partition_order
 from cerebro.errors import CerebroError
 
 from cerebro.core.events import (
@@ -651,8 +652,7 @@ class MOPScheduler:
     # ------------------------------------------------------------------ helpers
 
     def _order(self, index: int, epoch: int) -> tuple[int, ...]:
-        perm = np.random.default_rng([self.seed, index, epoch]).permutation(self.num_partitions)
-        return tuple(int(x) for x in perm)
+        return epoch_partition_order(self.seed, index, epoch, self.num_partitions)
 
     def _model(self, model_id: str) -> _Model:
         try:

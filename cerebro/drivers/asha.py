@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .._checks import check_int
 from ..space import sample
+from ._rungs import badness, score
 from .base import Action, Continue, Pause, SearchDriver, Stop
-from .hyperband import _badness, _int_arg, _score
 
 
 def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
@@ -38,10 +39,10 @@ class ASHADriver(SearchDriver):
 
     def __init__(self, num_models: int, max_epochs: int, grace_period: int = 1, reduction_factor: int = 3) -> None:
         super().__init__()
-        self.num_models = _int_arg("num_models", num_models, 1)
-        self.max_epochs = _int_arg("max_epochs", max_epochs, 1)
-        self.grace_period = _int_arg("grace_period", grace_period, 1)
-        self.reduction_factor = _int_arg("reduction_factor", reduction_factor, 2)
+        self.num_models = check_int("ASHADriver", "num_models", num_models, minimum=1)
+        self.max_epochs = check_int("ASHADriver", "max_epochs", max_epochs, minimum=1)
+        self.grace_period = check_int("ASHADriver", "grace_period", grace_period, minimum=1)
+        self.reduction_factor = check_int("ASHADriver", "reduction_factor", reduction_factor, minimum=2)
         self._rungs = asha_rungs(self.max_epochs, self.grace_period, self.reduction_factor)
         self._started = 0                              # configurations suggested so far
         self._pending = 0                              # suggested, not yet added (or failed to build)
@@ -106,7 +107,7 @@ class ASHADriver(SearchDriver):
         k = self._rungs.index(epoch)
         model["status"] = "paused"
         model["rung"] = k
-        self._recorded[k].append([model_id, _score(metrics, self.metric)])
+        self._recorded[k].append([model_id, score(metrics, self.metric)])
         actions = self._promote(k)
         actions.extend(self._finish_if_idle())
         if not any(getattr(a, "model_id", None) == model_id for a in actions):
@@ -119,7 +120,7 @@ class ASHADriver(SearchDriver):
         # Fewer than reduction_factor recorded: the best so far goes on (Optuna's rule), so the
         # first model at every rung continues and a finite search always reaches max_epochs.
         top = max(len(recorded) // self.reduction_factor, 1)
-        order = sorted(range(len(recorded)), key=lambda i: (_badness(recorded[i][1], self.mode), i))
+        order = sorted(range(len(recorded)), key=lambda i: (badness(recorded[i][1], self.mode), i))
         actions: list[Action] = []
         for i in sorted(order[:top]):  # in arrival order
             mid = recorded[i][0]

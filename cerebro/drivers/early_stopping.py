@@ -14,8 +14,7 @@ import math
 import statistics
 from typing import Any, Mapping
 
-import numpy as np
-
+from .._checks import check_int, check_type, is_int, param_error
 from .base import Action, Exploit, SearchDriver, Stop
 
 __all__ = ["MedianStopping", "EarlyStoppingDriver", "EARLY_STOP_REASON"]
@@ -24,11 +23,10 @@ EARLY_STOP_REASON = "early stopped by the median rule"
 
 
 def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"The '{name}' parameter of MedianStopping must be an int. Got {value!r} instead.")
-    if value < minimum:
-        raise ValueError(f"The '{name}' parameter of MedianStopping must be >= {minimum}. Got {value!r} instead.")
-    return int(value)
+    """An int >= ``minimum``: TypeError for a non-int, ValueError below ``minimum``."""
+    if not is_int(value):
+        raise param_error("MedianStopping", name, "an int", value, TypeError)
+    return check_int("MedianStopping", name, value, minimum=minimum)
 
 
 def _loss(value: float, mode: str) -> float:
@@ -138,10 +136,10 @@ class EarlyStoppingDriver(SearchDriver):
 
     def __init__(self, inner: SearchDriver, stopper: MedianStopping) -> None:
         super().__init__()
-        if not isinstance(inner, SearchDriver):
-            raise TypeError(f"EarlyStoppingDriver's 'inner' must be a SearchDriver. Got {inner!r}.")
+        check_type("EarlyStoppingDriver", "inner", inner, SearchDriver, "a SearchDriver")
         if not hasattr(stopper, "should_stop"):
-            raise TypeError(f"EarlyStoppingDriver's 'stopper' must have a should_stop method (e.g. MedianStopping). Got {stopper!r}.")
+            raise param_error("EarlyStoppingDriver", "stopper", "an object with a should_stop method (e.g. MedianStopping)",
+                              stopper, TypeError)
         self.inner = inner
         self.stopper = stopper
         self._stopped: list[str] = []   # models this wrapper ended early (in order)

@@ -17,36 +17,12 @@ Pure: all randomness comes from ``self.rng``; the state is JSON-able.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
+from .._checks import check_int
 from ..space import sample
+from ._rungs import badness, score
 from .base import Action, Continue, Pause, SearchDriver, Stop
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"The '{name}' parameter must be an int. Got {value!r} instead.")
-    if value < minimum:
-        raise ValueError(f"The '{name}' parameter must be >= {minimum}. Got {value!r} instead.")
-    return value
-
-
-def _score(metrics: Mapping[str, Any], metric: str) -> float | None:
-    """The finite score of ``metric`` in ``metrics``, or None (missing, NaN or infinite: the worst)."""
-    value = metrics.get(metric)
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _badness(score: float | None, mode: str) -> float:
-    """Sort key: lower is better; a missing score is the worst."""
-    if score is None:
-        return math.inf
-    return score if mode == "min" else -score
 
 
 def hyperband_brackets(max_epochs: int, eta: int) -> list[list[tuple[int, int]]]:
@@ -75,8 +51,8 @@ class HyperbandDriver(SearchDriver):
 
     def __init__(self, max_epochs: int, eta: int = 3) -> None:
         super().__init__()
-        self.max_epochs = _int_arg("max_epochs", max_epochs, 1)
-        self.eta = _int_arg("eta", eta, 2)
+        self.max_epochs = check_int("HyperbandDriver", "max_epochs", max_epochs, minimum=1)
+        self.eta = check_int("HyperbandDriver", "eta", eta, minimum=2)
         self._plan = hyperband_brackets(self.max_epochs, self.eta)
         self._next_bracket = 0
         self._pending: list[int] = []                 # bracket of each suggested, not yet added config
@@ -174,11 +150,11 @@ class HyperbandDriver(SearchDriver):
             return Continue()
         if bracket["rung"] == len(rungs) - 1:
             model["status"] = "done"
-            bracket["arrived"].append([model_id, _score(metrics, self.metric)])
+            bracket["arrived"].append([model_id, score(metrics, self.metric)])
             self._resolve(b)
             return Stop("finished")
         model["status"] = "paused"
-        bracket["arrived"].append([model_id, _score(metrics, self.metric)])
+        bracket["arrived"].append([model_id, score(metrics, self.metric)])
         actions = self._resolve(b)
         if not any(getattr(a, "model_id", None) == model_id for a in actions):
             actions.append(Pause(model_id=model_id))
@@ -196,7 +172,7 @@ class HyperbandDriver(SearchDriver):
         n_i, _ = rungs[bracket["rung"]]
         keep = n_i // self.eta
         order = sorted(range(len(bracket["arrived"])),
-                       key=lambda k: (_badness(bracket["arrived"][k][1], self.mode), k))
+                       key=lambda k: (badness(bracket["arrived"][k][1], self.mode), k))
         kept = {bracket["arrived"][k][0] for k in order[:keep]}
         actions: list[Action] = []
         promoted = []

@@ -24,9 +24,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform, _quantize, sample
+from .._checks import check_int, check_number, check_type, is_number
+from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform, quantize, sample
+from ._rungs import badness, score
 from .base import Action, Continue, Exploit, SearchDriver, Stop
-from .hyperband import _badness, _int_arg, _score
 
 RESAMPLE_PROBABILITY = 0.25
 PERTURB_FACTORS = (0.8, 1.2)
@@ -46,16 +47,16 @@ def perturb(dim: Dimension, value: Any, rng: np.random.Generator) -> Any:
             return dim.sample(rng)
         return value
     factor = PERTURB_FACTORS[int(rng.integers(2))]
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+    if not is_number(value):
         return value  # not a number (the user built it by hand): leave it
     new = float(value) * factor
     if isinstance(dim, (Uniform, LogUniform)):
         return float(min(max(new, dim.low), dim.high))
     if isinstance(dim, (QUniform, QLogUniform)):
-        out = _quantize(min(max(new, dim.low), dim.high), dim.q, dim.low, dim.high)
+        out = quantize(min(max(new, dim.low), dim.high), dim.q, dim.low, dim.high)
         if out == float(value):  # rounding swallowed the step: move one quantum the same way
             step = dim.q if factor > 1 else -dim.q
-            out = _quantize(min(max(float(value) + step, dim.low), dim.high), dim.q, dim.low, dim.high)
+            out = quantize(min(max(float(value) + step, dim.low), dim.high), dim.q, dim.low, dim.high)
         return out
     if isinstance(dim, RandInt):
         out = int(math.floor(new + 0.5))
@@ -79,18 +80,15 @@ class PBTDriver(SearchDriver):
     def __init__(self, population_size: int, num_epochs: int, perturbation_interval: int = 1,
                  quantile_fraction: float = 0.25, mutations: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self.population_size = _int_arg("population_size", population_size, 1)
-        self.num_epochs = _int_arg("num_epochs", num_epochs, 1)
-        self.perturbation_interval = _int_arg("perturbation_interval", perturbation_interval, 1)
-        if isinstance(quantile_fraction, bool) or not isinstance(quantile_fraction, (int, float)):
-            raise TypeError(f"The 'quantile_fraction' parameter must be a number. Got {quantile_fraction!r} instead.")
-        if not 0 < quantile_fraction <= 0.5:
-            raise ValueError(f"The 'quantile_fraction' parameter must be in (0, 0.5]. Got {quantile_fraction!r} instead.")
-        self.quantile_fraction = float(quantile_fraction)
+        self.population_size = check_int("PBTDriver", "population_size", population_size, minimum=1)
+        self.num_epochs = check_int("PBTDriver", "num_epochs", num_epochs, minimum=1)
+        self.perturbation_interval = check_int("PBTDriver", "perturbation_interval", perturbation_interval, minimum=1)
+        self.quantile_fraction = check_number("PBTDriver", "quantile_fraction", quantile_fraction, low=0, high=0.5,
+                                              low_open=True, expected="a number in (0, 0.5]")
         self.mutations: dict[str, Dimension | Callable[[Any, np.random.Generator], Any]] | None = None
         if mutations is not None:
-            if not isinstance(mutations, Mapping):
-                raise TypeError(f"The 'mutations' parameter must be a dict of name -> hp_* dimension, list or callable. Got {mutations!r}.")
+            check_type("PBTDriver", "mutations", mutations, Mapping,
+                       "None or a dict of name -> hp_* dimension, list or callable")
             self.mutations = {}
             for name in sorted(mutations):
                 spec = mutations[name]
@@ -149,7 +147,7 @@ class PBTDriver(SearchDriver):
         if len(scored) < 2:
             return [], []
         position = {mid: i for i, mid in enumerate(self._models)}
-        ranked = sorted(scored, key=lambda mid: (_badness(self._models[mid]["score"], self.mode), position[mid]))
+        ranked = sorted(scored, key=lambda mid: (badness(self._models[mid]["score"], self.mode), position[mid]))
         k = min(int(math.ceil(len(ranked) * self.quantile_fraction)), len(ranked) // 2)
         return ranked[len(ranked) - k:], ranked[:k]
 
@@ -186,7 +184,7 @@ class PBTDriver(SearchDriver):
         model = self._models.get(model_id)
         if model is None:
             raise ValueError(f"PBTDriver was told about the epoch of unknown model {model_id!r}")
-        model["score"] = _score(metrics, self.metric)
+        model["score"] = score(metrics, self.metric)
         model["epoch"] = int(epoch)
         if epoch >= self.num_epochs:
             model["status"] = "done"

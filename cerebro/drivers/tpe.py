@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from .._checks import check_int, is_int, param_error
 from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform
 from .base import Continue, Decision, SearchDriver, Stop
 
@@ -25,13 +26,12 @@ _SEED_HIGH = 2**31 - 1
 
 
 def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """An int >= 1 (or None if ``allow_none``): TypeError for a non-int, ValueError below 1."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"The '{name}' parameter of TPEDriver must be an int. Got {value!r} instead.")
-    if value < 1:
-        raise ValueError(f"The '{name}' parameter of TPEDriver must be >= 1. Got {value!r} instead.")
-    return value
+    if not is_int(value):
+        raise param_error("TPEDriver", name, "an int", value, TypeError)
+    return check_int("TPEDriver", name, value, minimum=1)
 
 
 def hyperopt_space(space: Mapping[str, Dimension]) -> dict[str, Any]:
@@ -129,10 +129,9 @@ class TPEDriver(SearchDriver):
         self.num_models = _positive_int("num_models", num_models)
         self.num_epochs = _positive_int("num_epochs", num_epochs)
         self.parallelism = _positive_int("parallelism", parallelism, allow_none=True)
-        if n_startup_jobs is not None and (isinstance(n_startup_jobs, bool) or not isinstance(n_startup_jobs, int)
-                                           or n_startup_jobs < 0):
-            raise ValueError(f"The 'n_startup_jobs' parameter of TPEDriver must be an int >= 0 or None. "
-                             f"Got {n_startup_jobs!r} instead.")
+        if n_startup_jobs is not None:
+            n_startup_jobs = check_int("TPEDriver", "n_startup_jobs", n_startup_jobs, minimum=0,
+                                       expected="an int >= 0 or None")
         self.n_startup_jobs = n_startup_jobs
         self._domain: Any = None
         self._trials: Any = None

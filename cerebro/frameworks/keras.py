@@ -41,6 +41,8 @@ from typing import Any, Callable, Mapping, Sequence  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cerebro._checks import check_int  # noqa: E402
+from cerebro.core.seeds import layer_seed_values, row_order  # noqa: E402
 from cerebro.errors import CerebroError  # noqa: E402
 
 __all__ = [
@@ -501,15 +503,12 @@ class KerasEstimator:
             _validate_optimizer(optimizer)
             _validate_loss(loss)
             _validate_metrics(metrics)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or (
-            batch_size < 1
-        ):
-            raise _param_error(ValueError, "batch_size", "an int >= 1", batch_size)
+        batch_size = check_int("KerasEstimator", "batch_size", batch_size, minimum=1)
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
         self.metrics = metrics
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.custom_objects = custom_objects
 
     def __repr__(self) -> str:
@@ -1048,9 +1047,7 @@ class ModelCache:
     """
 
     def __init__(self, max_models: int = DEFAULT_CACHE_SIZE) -> None:
-        if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1:
-            raise ValueError(f"max_models must be an int >= 1. Got {_describe(max_models)}.")
-        self.max_models = max_models
+        self.max_models = check_int("ModelCache", "max_models", max_models, minimum=1)
         self._entries: OrderedDict[str, _CacheEntry] = OrderedDict()
         self.builds = 0
         self.loads = 0
@@ -1294,9 +1291,7 @@ def _reset_seed_generators(model: Any, seed: int) -> None:
     states = [v for v in model.variables if id(v) not in weight_ids]
     if not states:
         return
-    seeds = np.random.default_rng([int(seed), 0x5EED]).integers(
-        1, 2**31 - 1, size=len(states)
-    )
+    seeds = layer_seed_values(seed, len(states))
     for variable, value in zip(states, seeds):
         if tuple(variable.shape) != (2,):  # not a SeedGenerator state: leave it alone
             continue
@@ -1327,7 +1322,7 @@ def train_sub_epoch(model: Any, x: Any, y: Any, *, batch_size: int, seed: int) -
         return {"rows": 0}
     keras.utils.set_random_seed(seed % 2**32)  # numpy's global seed must fit in 32 bits
     _reset_seed_generators(model, seed)
-    order = np.random.default_rng(seed).permutation(n)
+    order = row_order(seed, n)
     history = model.fit(
         _take(x, order),
         _take(y, order),
@@ -1361,10 +1356,7 @@ def limit_threads(num_threads: int | None) -> None:
     """
     if num_threads is None:
         return
-    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral) or (
-        num_threads < 1
-    ):
-        raise ValueError(f"num_threads must be None or an int >= 1. Got {_describe(num_threads)}.")
+    num_threads = check_int("limit_threads", "num_threads", num_threads, minimum=1, expected="None or an int >= 1")
     import tensorflow as tf
 
     threading = tf.config.threading

@@ -27,7 +27,7 @@ import pyarrow.fs
 from hdfs.util import HdfsError
 
 from cerebro.errors import CerebroError
-from cerebro.storage.hdfs import _Driver
+from cerebro.storage.hdfs_driver import HDFSDriver
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ class WebHDFSHandler(pyarrow.fs.FileSystemHandler):
         return pyarrow.PythonFile(_UploadOnClose(lambda spool: self.append(path, spool), path), mode="w")
 
 
-class WebHDFSDriver(_Driver):
+class WebHDFSDriver(HDFSDriver):
     """HDFSStore's ``webhdfs`` driver: atomic renames and a real append (see the module docstring)."""
 
     name = "webhdfs"

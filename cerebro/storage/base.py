@@ -40,16 +40,16 @@ logger = logging.getLogger(__name__)
 _TEMP_MARKER = ".tmp-"
 
 
-class _StoreFileNotFoundError(CerebroError, FileNotFoundError):
+class StoreFileNotFoundError(CerebroError, FileNotFoundError):
     """A store path that was expected to exist does not.
 
     Both a :class:`CerebroError` and a :class:`FileNotFoundError`, so callers
-    may catch either. Private on purpose: the public error surface is
-    ``CerebroError``.
+    may catch either. Raised by the Store implementations; user code should
+    catch ``CerebroError`` (or ``FileNotFoundError``), the public error surface.
     """
 
 
-class _StoreFileExistsError(CerebroError, FileExistsError):
+class StoreFileExistsError(CerebroError, FileExistsError):
     """A rename target that must not exist does (e.g. a directory another process published)."""
 
 

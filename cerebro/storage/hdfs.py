@@ -53,15 +53,17 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from cerebro._checks import check_choice, check_int
 from cerebro.errors import CerebroError
 from cerebro.storage.base import (
     Store,
-    _StoreFileExistsError,
-    _StoreFileNotFoundError,
+    StoreFileExistsError,
+    StoreFileNotFoundError,
     is_temp_name,
     normalize_path,
     temp_sibling,
 )
+from cerebro.storage.hdfs_driver import HDFSDriver
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow.fs
@@ -149,41 +151,7 @@ def _check_webhdfs_url(value: object) -> str:
     return value.strip()
 
 
-class _Driver:
-    """What HDFSStore needs beyond the pyarrow FileSystem API: the renames and the append.
-
-    ``fs`` serves reads, listings, deletes and plain writes. Paths are absolute HDFS paths.
-    """
-
-    name = "?"
-    #: Whether ``replace_file`` is atomic (a reader never finds the target missing).
-    atomic_replace = False
-    #: Whether ``rename_noreplace`` is one atomic NameNode operation.
-    atomic_noreplace = False
-
-    def __init__(self, fs: "pyarrow.fs.FileSystem") -> None:
-        self.fs = fs
-
-    def replace_file(self, src: str, dst: str) -> None:
-        """Move the file ``src`` to ``dst``, replacing a file there (never a directory)."""
-        raise NotImplementedError
-
-    def rename_noreplace(self, src: str, dst: str) -> None:
-        """Move ``src`` (file or directory) to ``dst``; ``FileExistsError`` if ``dst`` exists."""
-        raise NotImplementedError
-
-    def read_file(self, path: str) -> bytes:
-        """The whole file, as one consistent version (one open stream)."""
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
-
-    def append(self, path: str, data: bytes) -> None:
-        """Append ``data`` to the existing file ``path``."""
-        with self.fs.open_append_stream(path) as f:
-            f.write(data)
-
-
-class _LibHdfsDriver(_Driver):
+class _LibHdfsDriver(HDFSDriver):
     """pyarrow's HadoopFileSystem. See the module docstring for what is (not) atomic."""
 
     name = "libhdfs"
@@ -258,17 +226,9 @@ class HDFSStore(Store):
                 )
         if webhdfs_url is not None:
             webhdfs_url = _check_webhdfs_url(webhdfs_url)
-        if replication is not None and (
-            isinstance(replication, bool) or not isinstance(replication, int) or replication < 1
-        ):
-            raise ValueError(
-                f"The 'replication' parameter of HDFSStore must be an int >= 1 or None. Got {replication!r} instead."
-            )
-        if driver not in DRIVERS:
-            raise ValueError(
-                f"The 'driver' parameter of HDFSStore must be one of {', '.join(map(repr, DRIVERS))}. "
-                f"Got {driver!r} instead."
-            )
+        if replication is not None:
+            replication = check_int("HDFSStore", "replication", replication, minimum=1, expected="an int >= 1 or None")
+        check_choice("HDFSStore", "driver", driver, DRIVERS)
         self._host = host
         self._port = port
         self._root = root
@@ -277,7 +237,7 @@ class HDFSStore(Store):
         self._webhdfs_url = webhdfs_url or f"http://{host}:{DEFAULT_WEBHDFS_PORT}"
         self._replication = replication
         self._driver_choice = driver
-        self._impl: _Driver | None = None
+        self._impl: HDFSDriver | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ pickling
@@ -324,7 +284,7 @@ class HDFSStore(Store):
         """
         return self._d().name
 
-    def _d(self) -> _Driver:
+    def _d(self) -> HDFSDriver:
         impl = self._impl
         if impl is not None:
             return impl
@@ -335,7 +295,7 @@ class HDFSStore(Store):
                 self._impl = impl
             return self._impl
 
-    def _open_driver(self) -> _Driver:
+    def _open_driver(self) -> HDFSDriver:
         choice = self._driver_choice
         problems: list[str] = []
         if choice in ("auto", "libhdfs"):
@@ -358,7 +318,7 @@ class HDFSStore(Store):
             + f" To fix: {INSTALL_HINT}."
         )
 
-    def _open_libhdfs(self) -> _Driver:
+    def _open_libhdfs(self) -> HDFSDriver:
         import pyarrow.fs
         import pyarrow.lib
 
@@ -383,7 +343,7 @@ class HDFSStore(Store):
         logger.debug("HDFSStore %s: using libhdfs", self.url)
         return _LibHdfsDriver(fs)
 
-    def _open_webhdfs(self) -> _Driver:
+    def _open_webhdfs(self) -> HDFSDriver:
         try:
             importlib.import_module("hdfs")  # the optional WebHDFS client
         except ImportError as exc:
@@ -403,8 +363,8 @@ class HDFSStore(Store):
         norm = normalize_path(path, allow_root=allow_root)
         return f"{self._root}/{norm}" if norm else self._root
 
-    def _not_found(self, path: str) -> _StoreFileNotFoundError:
-        return _StoreFileNotFoundError(f"no such file or directory in store {self.url}: {path!r}")
+    def _not_found(self, path: str) -> StoreFileNotFoundError:
+        return StoreFileNotFoundError(f"no such file or directory in store {self.url}: {path!r}")
 
     def _type(self, full: str) -> Any:
         return self._d().fs.get_file_info(full).type
@@ -516,7 +476,7 @@ class HDFSStore(Store):
             raise self._not_found(src)
         dst_kind = self._type(dst_full)
         if dst_kind == pyarrow.fs.FileType.Directory:
-            raise _StoreFileExistsError(f"cannot rename {src!r} to {dst!r} in {self.url}: the target directory exists")
+            raise StoreFileExistsError(f"cannot rename {src!r} to {dst!r} in {self.url}: the target directory exists")
         d.fs.create_dir(posixpath.dirname(dst_full), recursive=True)
         try:
             if dst_kind == pyarrow.fs.FileType.File and src_kind == pyarrow.fs.FileType.File:
@@ -526,7 +486,7 @@ class HDFSStore(Store):
                 d.fs.delete_file(dst_full)  # a directory over a file: rare, not atomic
             d.rename_noreplace(src_full, dst_full)
         except FileExistsError as exc:
-            raise _StoreFileExistsError(
+            raise StoreFileExistsError(
                 f"cannot rename {src!r} to {dst!r} in {self.url}: the target exists (another process published it)"
             ) from exc
         except FileNotFoundError:

@@ -10,7 +10,13 @@ Layout::
 
     data/<key>/_manifest.json                 written last: the data set is complete
     data/<key>/{train,val}/part-00003.parquet one file per split per partition
+    logs/                                     the workers' logs
+    experiments/<exp>/experiment.json         the experiment's metadata
+    experiments/<exp>/search.pkl              the search object, for resuming
+    experiments/<exp>/LOCK                    held by the driver that runs the experiment
     experiments/<exp>/journal.jsonl
+    experiments/<exp>/{history,visits,evaluations}.csv   the result tables
+    experiments/<exp>/tensorboard/, mlflow.json          tracking (local stores only)
     experiments/<exp>/models/<model_id>/spec.pkl
     experiments/<exp>/models/<model_id>/ckpt/e0001-h03-a0.npz
 """
@@ -19,8 +25,13 @@ from __future__ import annotations
 
 import re
 
+from cerebro._checks import check_choice, check_int
+
 __all__ = [
     "SPLITS",
+    "TABLES",
+    "TENSORBOARD_DIR",
+    "MLFLOW_STATE_FILE",
     "data_dir",
     "data_part",
     "data_manifest",
@@ -30,9 +41,20 @@ __all__ = [
     "checkpoint_dir",
     "checkpoint",
     "journal",
+    "experiment_file",
+    "search_file",
+    "lock",
+    "table",
+    "logs_dir",
+    "file_name",
+    "split_experiment_path",
 ]
 
 SPLITS = ("train", "val")
+TABLES = ("history", "visits", "evaluations")
+# Names inside an experiment's directory (used through a local path, for local stores).
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_STATE_FILE = "mlflow.json"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 # File systems limit a path component to 255 bytes; leave room for suffixes.
@@ -60,16 +82,6 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
-def _check_int(value: object, what: str) -> int:
-    # bool is an int subclass but never a meaningful index here.
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ValueError(f"{what} must be an int >= 0, got {value!r}")
-    value = value.__index__()  # type: ignore[union-attr]  # accepts numpy integers
-    if value < 0:
-        raise ValueError(f"{what} must be an int >= 0, got {value}")
-    return value
-
-
 def data_dir(data_key: str) -> str:
     """Directory of one prepared data set: ``data/<key>``."""
     return f"data/{_check_name(data_key, 'data key')}"
@@ -82,7 +94,7 @@ def data_part(data_key: str, split: str, partition: int) -> str:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    partition = _check_int(partition, "partition")
+    partition = check_int("layout.data_part", "partition", partition, minimum=0)
     return f"{data_dir(data_key)}/{split}/part-{partition:05d}.parquet"
 
 
@@ -107,8 +119,7 @@ def model_spec(exp: str, model_id: str, version: int = 0) -> str:
     A model whose parameters change mid-run (PBT's exploit) gets a new, versioned spec
     (``spec-v<version>.pkl``): workers cache specs by path, so a path never changes meaning.
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ValueError(f"spec version must be an int >= 0, got {version!r}")
+    version = check_int("layout.model_spec", "version", version, minimum=0)
     return f"{model_dir(exp, model_id)}/spec.pkl" if version == 0 else f"{model_dir(exp, model_id)}/spec-v{version}.pkl"
 
 
@@ -124,12 +135,54 @@ def checkpoint(exp: str, model_id: str, epoch: int, hop: int, attempt: int = 0) 
     so names sort by (epoch, hop) for up to 9999 epochs and 99 hops; larger
     numbers widen the field rather than fail.
     """
-    epoch = _check_int(epoch, "epoch")
-    hop = _check_int(hop, "hop")
-    attempt = _check_int(attempt, "attempt")
+    epoch = check_int("layout.checkpoint", "epoch", epoch, minimum=0)
+    hop = check_int("layout.checkpoint", "hop", hop, minimum=0)
+    attempt = check_int("layout.checkpoint", "attempt", attempt, minimum=0)
     return f"{checkpoint_dir(exp, model_id)}/e{epoch:04d}-h{hop:02d}-a{attempt}.npz"
 
 
 def journal(exp: str) -> str:
     """Append-only event journal of an experiment: ``experiments/<exp>/journal.jsonl``."""
     return f"{experiment_dir(exp)}/journal.jsonl"
+
+
+def experiment_file(exp: str) -> str:
+    """Metadata of an experiment (arguments, data key, start time): ``experiments/<exp>/experiment.json``."""
+    return f"{experiment_dir(exp)}/experiment.json"
+
+
+def search_file(exp: str) -> str:
+    """The pickled search object of an experiment, for resuming: ``experiments/<exp>/search.pkl``."""
+    return f"{experiment_dir(exp)}/search.pkl"
+
+
+def lock(exp: str) -> str:
+    """Lock file held by the driver running an experiment: ``experiments/<exp>/LOCK``."""
+    return f"{experiment_dir(exp)}/LOCK"
+
+
+def table(exp: str, kind: str) -> str:
+    """A result table of an experiment: ``experiments/<exp>/<kind>.csv``, ``kind`` one of :data:`TABLES`."""
+    return f"{experiment_dir(exp)}/{check_choice('layout.table', 'kind', kind, TABLES)}.csv"
+
+
+def logs_dir() -> str:
+    """Directory of the workers' logs: ``logs``."""
+    return "logs"
+
+
+
+def file_name(path: str) -> str:
+    """The last component of a store path (``experiment.json``, ``history.csv``, ...), for
+    readers that hold a local experiment directory rather than a store."""
+    return path.rsplit("/", 1)[-1]
+
+
+def split_experiment_path(path: str) -> tuple[str, str]:
+    """``(store root, experiment name)`` of a path to an experiment directory
+    (``<root>/experiments/<name>``): the inverse of :func:`experiment_dir`."""
+    parts = str(path).rstrip("/").rsplit("/", 2)
+    if len(parts) != 3 or parts[1] != "experiments":
+        raise ValueError(f"{path!r} is not an experiment directory (<store>/experiments/<name>)")
+    _check_name(parts[2], "experiment name")
+    return parts[0] or "/", parts[2]

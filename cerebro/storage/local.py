@@ -12,8 +12,8 @@ from urllib.parse import unquote, urlsplit
 from cerebro.errors import CerebroError
 from cerebro.storage.base import (
     Store,
-    _StoreFileExistsError,
-    _StoreFileNotFoundError,
+    StoreFileExistsError,
+    StoreFileNotFoundError,
     is_temp_name,
     normalize_path,
     temp_sibling,
@@ -85,8 +85,8 @@ class LocalStore(Store):
         norm = normalize_path(path, allow_root=allow_root)
         return os.path.join(self._root, *norm.split("/")) if norm else self._root
 
-    def _not_found(self, path: str) -> _StoreFileNotFoundError:
-        return _StoreFileNotFoundError(f"no such file or directory in store {self.url}: {path!r}")
+    def _not_found(self, path: str) -> StoreFileNotFoundError:
+        return StoreFileNotFoundError(f"no such file or directory in store {self.url}: {path!r}")
 
     # ------------------------------------------------------------------ required
 
@@ -174,7 +174,7 @@ class LocalStore(Store):
         # POSIX rename replaces an *empty* directory silently; refuse any existing
         # directory so that publishing a directory is a clean first-wins race.
         if os.path.isdir(dst_full):
-            raise _StoreFileExistsError(
+            raise StoreFileExistsError(
                 f"cannot rename {src!r} to {dst!r} in {self.url}: the target directory exists"
             )
         os.makedirs(os.path.dirname(dst_full), exist_ok=True)
@@ -184,7 +184,7 @@ class LocalStore(Store):
             raise self._not_found(src) from None
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
-                raise _StoreFileExistsError(
+                raise StoreFileExistsError(
                     f"cannot rename {src!r} to {dst!r} in {self.url}: the target exists"
                 ) from exc
             raise
