@@ -102,9 +102,9 @@ class TrainedModel:
         numbers, numeric arrays or Spark ML vectors (see :mod:`cerebro.transform_spark`).
         Missing feature columns raise ValueError listing the DataFrame's columns.
         """
-        from .data import _is_spark_dataframe
+        from .data import is_spark_dataframe
 
-        if _is_spark_dataframe(df):
+        if is_spark_dataframe(df):
             from .transform_spark import transform_spark_dataframe
 
             return transform_spark_dataframe(self, df)

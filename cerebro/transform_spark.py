@@ -162,7 +162,7 @@ def _check_features(df: Any, columns: Sequence[str]) -> list[Any]:
     """The feature columns as Spark expressions for the UDF (vectors as arrays); ValueError for bad ones."""
     from pyspark.sql import types as T
 
-    from .data_spark import _is_vector, _numeric, _quoted, _type_label, _vector_as_array
+    from .data.spark import is_vector, numeric_type, quoted, type_label, vector_as_array
 
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -171,14 +171,14 @@ def _check_features(df: Any, columns: Sequence[str]) -> list[Any]:
     exprs = []
     for name in columns:
         dt = fields[name]
-        if _is_vector(dt):
-            exprs.append(_vector_as_array(_quoted(name)))
-        elif _numeric(dt)[0] or (isinstance(dt, T.ArrayType) and _numeric(dt.elementType)[0]):
-            exprs.append(_quoted(name))
+        if is_vector(dt):
+            exprs.append(vector_as_array(quoted(name)))
+        elif numeric_type(dt)[0] or (isinstance(dt, T.ArrayType) and numeric_type(dt.elementType)[0]):
+            exprs.append(quoted(name))
         else:
             raise ValueError(
                 f"feature column {name!r} must hold numbers, fixed-length numeric arrays or Spark ML vectors; "
-                f"it has type {_type_label(dt)}"
+                f"it has type {type_label(dt)}"
             )
     return exprs
 

@@ -1,4 +1,4 @@
-"""Preparing a Spark DataFrame with Spark (cerebro.data_spark) against the pandas path, on a real local[2] Spark.
+"""Preparing a Spark DataFrame with Spark (cerebro.data.spark) against the pandas path, on a real local[2] Spark.
 
 The contract: for the same rows, in any order and any Spark partitioning, the
 Spark path gives the pandas path's PreparedData and byte-identical partition
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import cerebro.data as cdata
+import cerebro.data.prepared as cdata
 from cerebro.data import PreparedData, load_partition, prepare_data
 from cerebro.storage import LocalStore, layout
 
@@ -170,7 +170,7 @@ def files_with_mtimes(root: Path) -> dict[str, int]:
 def test_prepared_data_is_reused_without_a_write_job(
     spark: Any, frames: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cerebro.data_spark as ds
+    import cerebro.data.spark as ds
 
     pdf, sdf = frames
     kw = dict(feature_columns=["pixels", "x"], label_columns="rid", **ARGS)

@@ -6,9 +6,11 @@ path gives for the same rows, in any order and any partitioning: the same
 ``key``, ``data_hash``, shapes, dtypes and row counts, and byte-identical
 partition files. No row ever goes through the driver (no ``collect()`` of data,
 no ``toPandas()``, no ``df.rdd``): executors read Arrow batches
-(``mapInArrow``), hash them with the very functions of :mod:`cerebro.data`,
+(``mapInArrow``), hash them with the very functions of :mod:`cerebro.data.hashing`,
 and write Parquet with pyarrow straight into the store (which every executor
-must see: a shared directory or HDFS).
+must see: a shared directory or HDFS). The checks, messages, description and
+publishing are the pandas path's own (:mod:`cerebro.data.rules`,
+:mod:`cerebro.data.prepared`); this module never imports that path.
 
 How (two passes, deterministic, no sampling, no global sort):
 
@@ -55,38 +57,38 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from cerebro.data import (
-    PreparedData,
-    _bad_rows_error,
-    _canonical_table,
-    _check_known,
-    _check_split,
-    _column_dtype,
-    _column_shape,
-    _describe_prepared,
-    _duplicate_column_error,
-    _empty_arrays_error,
-    _example,
-    _find_existing,
-    _flags_null_error,
-    _flags_type_error,
-    _hash_columns,
-    _no_rows_error,
-    _non_numeric_error,
-    _part_path,
-    _publish,
-    _ragged_error,
-    _Request,
-    _row_group_rows,
-    _tiebreak_seed,
-    multiset_digest,
-    multiset_lanes,
-)
 from cerebro.errors import CerebroError
 from cerebro.storage import layout
 from cerebro.storage.base import Store
 
-__all__ = ["prepare_spark_data"]
+from .hashing import hash_pair, multiset_digest, multiset_lanes
+from .prepared import (
+    PreparedData,
+    canonical_table,
+    column_dtype,
+    column_shape,
+    describe_prepared,
+    find_existing,
+    part_path,
+    publish,
+    row_group_rows,
+)
+from .rules import (
+    PrepareRequest,
+    bad_rows_error,
+    check_known,
+    check_split,
+    duplicate_column_error,
+    empty_arrays_error,
+    example,
+    flags_null_error,
+    flags_type_error,
+    no_rows_error,
+    non_numeric_error,
+    ragged_error,
+)
+
+__all__ = ["is_vector", "numeric_type", "prepare_spark_data", "quoted", "type_label", "vector_as_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +115,14 @@ class _Item:
     refusal: Callable[[], ValueError] | None = field(default=None, compare=False)
 
 
-def _quoted(name: str) -> Any:
+def quoted(name: str) -> Any:
+    """The Spark column ``name``, quoted (names with dots, spaces or backticks are taken literally)."""
     from pyspark.sql import functions as F
 
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def _type_label(dt: Any) -> str:
+def type_label(dt: Any) -> str:
     """A Spark type as the Arrow path names it (``double``, ``string``...), else Spark's own name."""
     try:
         from pyspark.sql.pandas.types import to_arrow_type
@@ -129,7 +132,7 @@ def _type_label(dt: Any) -> str:
         return dt.simpleString()
 
 
-def _numeric(dt: Any) -> tuple[bool, bool]:
+def numeric_type(dt: Any) -> tuple[bool, bool]:
     """(is a numeric scalar type, is an integer or boolean type) for a Spark DataType."""
     from pyspark.sql import types as T
 
@@ -140,11 +143,12 @@ def _numeric(dt: Any) -> tuple[bool, bool]:
     return False, False
 
 
-def _is_vector(dt: Any) -> bool:
+def is_vector(dt: Any) -> bool:
+    """Whether a Spark DataType is a Spark ML (or MLlib) vector, without importing pyspark.ml."""
     return type(dt).__name__ == "VectorUDT" and type(dt).__module__.startswith(("pyspark.ml", "pyspark.mllib"))
 
 
-def _plan(df: Any, req: _Request) -> list[_Item]:
+def _plan(df: Any, req: PrepareRequest) -> list[_Item]:
     """Classify the wanted columns from the schema: features, labels, then the validation column."""
     from pyspark.sql import types as T
 
@@ -154,8 +158,8 @@ def _plan(df: Any, req: _Request) -> list[_Item]:
     def refused(role: str, name: str, label: str, detail: str = "") -> _Item:
         def error() -> ValueError:
             # Five values of one column, only to show an example in the message.
-            values = [row[0] for row in df.select(_quoted(name)).limit(5).collect()]
-            return _non_numeric_error(role, name, label, _example(values), detail)
+            values = [row[0] for row in df.select(quoted(name)).limit(5).collect()]
+            return non_numeric_error(role, name, label, example(values), detail)
 
         return _Item(name, role, "refused", refusal=error)
 
@@ -163,31 +167,31 @@ def _plan(df: Any, req: _Request) -> list[_Item]:
     for role, names in (("feature", req.features), ("label", req.labels)):
         for name in names:
             dt = fields[name]
-            scalar, integer = _numeric(dt)
+            scalar, integer = numeric_type(dt)
             if counts[name] > 1:
-                items.append(_Item(name, role, "refused", refusal=functools.partial(_duplicate_column_error, name, role)))
+                items.append(_Item(name, role, "refused", refusal=functools.partial(duplicate_column_error, name, role)))
             elif scalar:
                 items.append(_Item(name, role, "scalar", is_integer=integer))
-            elif _is_vector(dt):
+            elif is_vector(dt):
                 items.append(_Item(name, role, "array", is_integer=False, vector=True))
             elif isinstance(dt, T.ArrayType):
-                element, integer = _numeric(dt.elementType)
+                element, integer = numeric_type(dt.elementType)
                 if element:
                     items.append(_Item(name, role, "array", is_integer=integer))
                 else:
-                    items.append(refused(role, name, _type_label(dt), f"arrays of {_type_label(dt.elementType)}"))
+                    items.append(refused(role, name, type_label(dt), f"arrays of {type_label(dt.elementType)}"))
             else:
-                items.append(refused(role, name, _type_label(dt)))
+                items.append(refused(role, name, type_label(dt)))
     if req.val_column is not None:
         name = req.val_column
         if counts[name] > 1:
             items.append(_Item(name, "validation", "refused",
-                               refusal=functools.partial(_duplicate_column_error, name, "validation")))
+                               refusal=functools.partial(duplicate_column_error, name, "validation")))
         elif isinstance(fields[name], T.BooleanType):
             items.append(_Item(name, "validation", "flags"))
         else:
             items.append(_Item(name, "validation", "refused",
-                               refusal=functools.partial(_flags_type_error, name, _type_label(fields[name]))))
+                               refusal=functools.partial(flags_type_error, name, type_label(fields[name]))))
     return items
 
 
@@ -195,12 +199,12 @@ def _select(df: Any, items: Sequence[_Item]) -> Any:
     """The columns of ``items`` as ``c0, c1, ...`` (``v`` for the validation flags), vectors as arrays."""
     cols = []
     for i, item in enumerate(items):
-        col = _vector_as_array(_quoted(item.name)) if item.vector else _quoted(item.name)
+        col = vector_as_array(quoted(item.name)) if item.vector else quoted(item.name)
         cols.append(col.alias("v" if item.kind == "flags" else f"c{i}"))
     return df.select(*cols)
 
 
-def _vector_as_array(col: Any) -> Any:
+def vector_as_array(col: Any) -> Any:
     """A Spark ML vector column as ``array<double>`` (null vectors stay null: vector_to_array refuses them)."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
@@ -229,7 +233,7 @@ def _uniform_length(arr: Any) -> int | None:
 
 
 def _values(arr: Any, kind: str) -> np.ndarray:
-    """A valid column as numpy, exactly as cerebro.data converts it: (n,) scalars, (n, d) arrays."""
+    """A valid column as numpy, exactly as :mod:`cerebro.data.columns` converts it: (n,) scalars, (n, d) arrays."""
     if kind != "array":
         return arr.to_numpy(zero_copy_only=False)
     d = _uniform_length(arr)
@@ -277,11 +281,6 @@ class _ScanSpec:
     seed: int
 
 
-def _hashes(columns: Sequence[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    h1, h2 = _hash_columns(columns, [seed, _tiebreak_seed(seed)])
-    return h1, h2
-
-
 def _scan_batch(batch: Any, spec: _ScanSpec) -> _Stats:
     import pyarrow.compute as pc
 
@@ -321,7 +320,7 @@ def _scan_batch(batch: Any, spec: _ScanSpec) -> _Stats:
     st.hashed = spec.hash and valid
     if st.hashed and n:
         columns = [_values(batch.column(i), kind) for i, kind in enumerate(spec.kinds)]
-        h1, h2 = _hashes(columns + ([flags] if flags is not None else []), spec.seed)
+        h1, h2 = hash_pair(columns + ([flags] if flags is not None else []), spec.seed)
         buckets = (h1 >> np.uint64(64 - _BUCKET_BITS)).astype(np.int64)
         if flags is None:
             st.hist["all"] = np.bincount(buckets, minlength=_NUM_BUCKETS)
@@ -361,7 +360,7 @@ def _row_layout(prepared: PreparedData) -> list[tuple[str, np.dtype, tuple[int, 
     """
     out, offset = [], 0
     for name in (*prepared.feature_columns, *prepared.label_columns):
-        dtype, shape = _column_dtype(prepared, name), _column_shape(prepared, name)
+        dtype, shape = column_dtype(prepared, name), column_shape(prepared, name)
         size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
         out.append((name, dtype, shape, offset, size))
         offset += size
@@ -413,7 +412,7 @@ def _key_partition(batches: Iterator[Any], spec: _KeySpec) -> Iterator[Any]:
             continue
         columns = [_values(batch.column(i), kind) for i, kind in enumerate(spec.kinds)]
         flags = batch.column(ncols).to_numpy(zero_copy_only=False).astype(bool) if spec.flags else None
-        h1, h2 = _hashes(columns + ([flags] if flags is not None else []), spec.seed)
+        h1, h2 = hash_pair(columns + ([flags] if flags is not None else []), spec.seed)
         out = [
             pa.array((h1 >> np.uint64(64 - _BUCKET_BITS)).astype(np.int32)),
             pa.array(_ordered_key(h1)),
@@ -505,7 +504,7 @@ class _FileWriter:
 
         self.spec = spec
         self.split, self.partition = split, partition
-        self.final = _part_path(spec.tmp_dir, spec.prepared.key, split, partition)
+        self.final = part_path(spec.tmp_dir, spec.prepared.key, split, partition)
         directory, name = self.final.rsplit("/", 1)
         # A hidden temporary name: a failed attempt never leaves a file that looks written.
         self.temp = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
@@ -550,10 +549,10 @@ class _FileWriter:
 def _schema(prepared: PreparedData) -> Any:
     """The partition files' Arrow schema (as the pandas path writes it)."""
     values = {
-        name: np.zeros((0, *_column_shape(prepared, name)))
+        name: np.zeros((0, *column_shape(prepared, name)))
         for name in (*prepared.feature_columns, *prepared.label_columns)
     }
-    return _canonical_table(prepared, values).schema
+    return canonical_table(prepared, values).schema
 
 
 def _write_partition(batches: Iterator[Any], spec: _WriteSpec) -> Iterator[Any]:
@@ -582,7 +581,7 @@ def _write_partition(batches: Iterator[Any], spec: _WriteSpec) -> Iterator[Any]:
                     split, partition = spec.files[target]
                     current = (target, _FileWriter(spec, split, partition))
                 rows = _unpack(batch.column(2).slice(start, stop - start), spec.prepared)
-                table = _canonical_table(spec.prepared, rows)
+                table = canonical_table(spec.prepared, rows)
                 current[1].append(table, positions[start:stop])
         if current is not None:
             current[1].close()
@@ -648,7 +647,7 @@ class _JobDescription:
             pass
 
 
-def _scan(df: Any, items: Sequence[_Item], req: _Request, hash_rows: bool) -> _Stats:
+def _scan(df: Any, items: Sequence[_Item], req: PrepareRequest, hash_rows: bool) -> _Stats:
     """Pass A over the (non-refused) ``items``: their statistics summed over the whole DataFrame."""
     kinds = tuple(i.kind for i in items if i.kind != "flags")
     flags = any(i.kind == "flags" for i in items)
@@ -667,25 +666,25 @@ def _scan(df: Any, items: Sequence[_Item], req: _Request, hash_rows: bool) -> _S
 def _raise_for_bad_data(items: Sequence[_Item], refused: int | None, stats: _Stats) -> None:
     """Raise the pandas path's error for the first bad column, in the pandas path's order."""
     if stats.rows == 0:
-        raise _no_rows_error()
+        raise no_rows_error()
     for i, item in enumerate(items):
         if refused is not None and i == refused:
             assert item.refusal is not None
             raise item.refusal()
         if item.kind == "scalar" and stats.bad[i]:
-            raise _bad_rows_error(item.role, item.name, stats.bad[i])
+            raise bad_rows_error(item.role, item.name, stats.bad[i])
         if item.kind == "array":
             if stats.nulls[i]:
-                raise _bad_rows_error(item.role, item.name, stats.nulls[i])
+                raise bad_rows_error(item.role, item.name, stats.nulls[i])
             found = sorted(stats.lengths[i])
             if len(found) > 1:
-                raise _ragged_error(item.role, item.name, found, [stats.lengths[i][k] for k in found])
+                raise ragged_error(item.role, item.name, found, [stats.lengths[i][k] for k in found])
             if not found or found[0] == 0:
-                raise _empty_arrays_error(item.role, item.name)
+                raise empty_arrays_error(item.role, item.name)
             if stats.bad[i]:
-                raise _bad_rows_error(item.role, item.name, stats.bad[i])
+                raise bad_rows_error(item.role, item.name, stats.bad[i])
         if item.kind == "flags" and stats.flag_nulls:
-            raise _flags_null_error(item.name, stats.flag_nulls)
+            raise flags_null_error(item.name, stats.flag_nulls)
 
 
 def _offsets(histogram: np.ndarray) -> np.ndarray:
@@ -695,7 +694,7 @@ def _offsets(histogram: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_spark_data(df: Any, store: Store, req: _Request) -> PreparedData:
+def prepare_spark_data(df: Any, store: Store, req: PrepareRequest) -> PreparedData:
     """:func:`cerebro.data.prepare_data` for a Spark DataFrame (arguments already checked in ``req``).
 
     Same contract, result and errors as the pandas path; runs Spark jobs (one
@@ -703,7 +702,7 @@ def prepare_spark_data(df: Any, store: Store, req: _Request) -> PreparedData:
     driver. Blocks until the data set is published.
     """
     t0 = time.perf_counter()
-    _check_known(list(df.columns), req.wanted)
+    check_known(list(df.columns), req.wanted)
     items = _plan(df, req)
     refused = next((i for i, item in enumerate(items) if item.kind == "refused"), None)
     spark = df.sparkSession
@@ -714,15 +713,15 @@ def prepare_spark_data(df: Any, store: Store, req: _Request) -> PreparedData:
 
     n = stats.rows
     n_val = req.num_val_rows(n) if req.fraction is not None else stats.val_rows
-    _check_split(req, n, n_val)
+    check_split(req, n, n_val)
     columns = [it for it in items if it.kind in ("scalar", "array")]
     described = [
         (it.name, it.role, () if it.kind == "scalar" else (next(iter(stats.lengths[i])),), it.is_integer)
         for i, it in enumerate(columns)
     ]
-    prepared = _describe_prepared(req, described, n, n_val, multiset_digest(stats.lanes, n))
+    prepared = describe_prepared(req, described, n, n_val, multiset_digest(stats.lanes, n))
     t_scan = time.perf_counter()
-    existing = _find_existing(store, prepared, n)
+    existing = find_existing(store, prepared, n)
     if existing is not None:
         return existing
 
@@ -730,7 +729,7 @@ def prepare_spark_data(df: Any, store: Store, req: _Request) -> PreparedData:
         with _JobDescription(spark, "cerebro: prepare data (split and write)"):
             _write(df, store, prepared, req, items, stats, tmp_dir)
 
-    _publish(store, prepared, write_files)
+    publish(store, prepared, write_files)
     logger.info(
         "prepared data %s in %s with Spark: %d training rows in %d partitions, %d validation rows "
         "(validate+hash %.2fs, split+write %.2fs)",
@@ -740,7 +739,7 @@ def prepare_spark_data(df: Any, store: Store, req: _Request) -> PreparedData:
 
 
 def _write(
-    df: Any, store: Store, prepared: PreparedData, req: _Request, items: Sequence[_Item], stats: _Stats, tmp_dir: str
+    df: Any, store: Store, prepared: PreparedData, req: PrepareRequest, items: Sequence[_Item], stats: _Stats, tmp_dir: str
 ) -> None:
     """Pass B: write every partition file of ``prepared`` under ``tmp_dir`` with one Spark job."""
     import pyarrow.parquet as pq
@@ -761,7 +760,7 @@ def _write(
     key_spec = _KeySpec(kinds=tuple(it.kind for it in columns), prepared=prepared, flags=flags, seed=req.seed)
     rank_spec = _RankSpec(num_partitions=P, n_val=n_val, offsets=offsets, targets=targets)
     write_spec = _WriteSpec(store=store, prepared=prepared, tmp_dir=tmp_dir, files=files,
-                            row_group_rows=_row_group_rows(prepared))
+                            row_group_rows=row_group_rows(prepared))
     for split in layout.SPLITS:
         store.makedirs(f"{tmp_dir}/{split}")
     result = (
@@ -787,8 +786,8 @@ def _write(
                 "between the two passes over it (a non-deterministic source?): cache or checkpoint it first"
             )
         if rows == 0:  # no task saw this file: write it empty, as the pandas path does
-            pq.write_table(_schema(prepared).empty_table(), f"{root}/{_part_path(tmp_dir, prepared.key, split, p)}",
-                           filesystem=fs, row_group_size=_row_group_rows(prepared))
+            pq.write_table(_schema(prepared).empty_table(), f"{root}/{part_path(tmp_dir, prepared.key, split, p)}",
+                           filesystem=fs, row_group_size=row_group_rows(prepared))
     _remove_temporaries(store, tmp_dir)
 
 
