@@ -135,10 +135,16 @@ def resume(args: argparse.Namespace) -> int:
     import pickle
 
     from . import CerebroError, LocalBackend, LocalStore
+    from .storage import layout
 
     exp_dir = os.path.abspath(args.experiment_dir)
-    pickled = os.path.join(exp_dir, "search.pkl")
-    meta_path = os.path.join(exp_dir, "experiment.json")
+    try:
+        store_root, name = layout.split_experiment_path(exp_dir)
+    except ValueError as exc:
+        print(f"cerebro resume: {exc}", file=sys.stderr)
+        return 2
+    pickled = os.path.join(exp_dir, layout.file_name(layout.search_file(name)))
+    meta_path = os.path.join(exp_dir, layout.file_name(layout.experiment_file(name)))
     if not os.path.exists(meta_path):
         print(f"cerebro resume: {exp_dir!r} is not an experiment directory (no experiment.json)", file=sys.stderr)
         return 2
@@ -155,9 +161,8 @@ def resume(args: argparse.Namespace) -> int:
         print(f"cerebro resume: cannot import the search's estimator_gen_fn ({exc}); make its module importable "
               "(PYTHONPATH) or resume from your program with fit(df, resume=True)", file=sys.stderr)
         return 2
-    store_root = os.path.dirname(os.path.dirname(exp_dir))
     search.store = LocalStore(store_root)
-    search.experiment_name = os.path.basename(exp_dir)
+    search.experiment_name = name
     search.verbose = 0 if args.quiet else 1
     try:
         with LocalBackend(num_workers=meta["num_workers"]) as backend:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .core.metrics import better
+from .core.metrics import best_of
 
 _MAX_MODEL_ROWS = 12
 
@@ -24,6 +24,7 @@ class RichProgress:
         self.epochs: dict[str, int] = {}
         self.latest: dict[str, float] = {}
         self.rows: dict[str, Any] = {}
+        self.index: dict[str, int] = {}      # model id -> creation index (ties in the best rule)
         self.failed = 0
         self.console = Console(stderr=True)
         self.progress = Progress(
@@ -33,16 +34,36 @@ class RichProgress:
         )
         self.task = self.progress.add_task("[bold]MOP[/bold] starting workers", total=total, unit="sub-epochs", eta="ETA")
 
-    def seed(self, engine) -> None:
-        """Start from what a resumed engine already committed."""
-        for mid, rec in engine.models.items():
-            self("model_added", {"model_id": mid, "params": rec.params})
-        done = sum(1 for v in engine.visits if v["status"] == "ok")
+    def seed(self, state) -> None:
+        """Start from what a resumed experiment already committed (an
+        :class:`~cerebro.core.state.ExperimentState`), read as it is, not rebuilt."""
+        self.index = {mid: rec.index for mid, rec in state.models.items()}
+        for mid in state.models:
+            self._add(mid)
+        done = sum(1 for v in state.visits if v["status"] == "ok")
         if done:
             self.progress.advance(self.task, done)
-        for row in engine.history:
-            self("epoch", {"model_id": row["model_id"], "epoch": row["epoch"],
-                           "metrics": {k: v for k, v in row.items() if k not in ("model_id", "epoch")}})
+        for row in state.history:
+            self.epochs[row["model_id"]] = row["epoch"]
+            score = row.get(self.metric)
+            if score is not None:
+                self.latest[row["model_id"]] = score
+        self.failed = sum(1 for rec in state.models.values() if rec.status == "failed")
+        self._update_best()
+        for mid in self.rows:
+            self._row(mid)
+        self.progress.update(self.task, description=self._describe())
+
+    def _add(self, mid: str) -> None:
+        self.epochs.setdefault(mid, 0)
+        if len(self.rows) < _MAX_MODEL_ROWS and mid not in self.rows:
+            self.rows[mid] = self.progress.add_task(f"  {mid}", total=self.epochs_per_model, unit="epochs", eta="")
+
+    def _update_best(self) -> None:
+        # The best model is judged on its latest epoch, as the result's best_score is, by the
+        # one rule of cerebro.core.metrics (NaN never wins; ties go to the model created first).
+        best = best_of(((mid, score, self.index.get(mid, 0)) for mid, score in self.latest.items()), self.mode)
+        self.best = None if best is None else (best[1], best[0])
 
     def __enter__(self):
         self.progress.start()
@@ -68,10 +89,8 @@ class RichProgress:
 
     def __call__(self, event: str, info: Mapping[str, Any]) -> None:
         if event == "model_added":
-            mid = info["model_id"]
-            self.epochs.setdefault(mid, 0)
-            if len(self.rows) < _MAX_MODEL_ROWS and mid not in self.rows:
-                self.rows[mid] = self.progress.add_task(f"  {mid}", total=self.epochs_per_model, unit="epochs", eta="")
+            self.index[info["model_id"]] = info.get("index", len(self.index))
+            self._add(info["model_id"])
         elif event == "visit" and info.get("kind") == "train" and info.get("status") == "ok":
             self.progress.advance(self.task)
         elif event == "epoch":
@@ -79,12 +98,8 @@ class RichProgress:
             self.epochs[mid] = info["epoch"]
             score = info["metrics"].get(self.metric)
             if score is not None:
-                # The best model is judged on its latest epoch, as the result's best_score is.
                 self.latest[mid] = score
-                self.best = None
-                for other, value in sorted(self.latest.items()):  # ties: first model, as in the result
-                    if self.best is None or better(value, self.best[0], self.mode):
-                        self.best = (value, other)
+                self._update_best()
                 self._row(mid, f"{self.metric}={score:.4f}")
         elif event == "model_failed":
             self.failed += 1

@@ -22,15 +22,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .core.metrics import infer_mode, strip_prefix
+from .core.metrics import best_of, infer_mode, strip_prefix
 from .errors import CerebroError
+from .storage import layout
 
 __all__ = ["plot_gantt", "load_experiment", "write_report", "best_model", "summarize"]
 
-EXPERIMENT_FILE = "experiment.json"
-HISTORY_FILE = "history.csv"
-VISITS_FILE = "visits.csv"
-EVALUATIONS_FILE = "evaluations.csv"
+# The names of an experiment directory's files, from the store layout (one place for every name).
+EXPERIMENT_FILE = layout.file_name(layout.experiment_file("x"))
+HISTORY_FILE, VISITS_FILE, EVALUATIONS_FILE = (layout.file_name(layout.table("x", t)) for t in layout.TABLES)
 GANTT_FILE = "gantt.png"
 REPORT_FILE = "report.html"
 
@@ -312,12 +312,10 @@ def best_model(history: pd.DataFrame, metric: str, mode: str) -> tuple[str, floa
     if final.empty or column not in final.columns:
         return None
     scores = pd.to_numeric(final[column], errors="coerce")
-    best: tuple[str, float] | None = None
-    for mid, score in zip(final["model_id"].astype(str), scores):
-        if score is None or math.isnan(score):
-            continue
-        if best is None or (score < best[1] if mode == "min" else score > best[1]):
-            best = (mid, float(score))
+    # The one best-model rule (cerebro.core.metrics): ids are numbered in creation order.
+    best = best_of(((mid, float(score), mid) for mid, score in zip(final["model_id"].astype(str), scores)), mode)
+    if best is None or math.isnan(best[1]):
+        return None
     return best
 
 

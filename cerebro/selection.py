@@ -7,30 +7,28 @@ work starts, prepares the data once, then hands the search to the engine.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
 import os
-import pickle
 import re
 import tempfile
 import time
-import traceback
 import uuid
 from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from ._checks import check_columns, check_int, check_number, is_int, param_error
 from .backends.base import Backend, WorkerSetup
-from .core.engine import Engine, ModelCreationFailed, ModelInit, make_rng
 from .core.metrics import infer_mode, strip_prefix
 from .core.mop import MOPScheduler
-from .core.seeds import derive_seed
+from .core.records import RunMark
+from .core.seeds import driver_rng
 from .drivers.base import SearchDriver
 from .drivers.grid import GridDriver, RandomDriver
-from .errors import CerebroError
-from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock
-from .result import ModelSelectionResult, TrainedModel
+from .experiment.engine import Engine
+from .experiment.workspace import ExperimentWorkspace
+from .result import ModelSelectionResult
 from .space import hp_choice, validate_space
 from .storage import Store
 from .storage import layout
@@ -38,24 +36,6 @@ from .storage import layout
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def _int_param(owner: str, name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"The '{name}' parameter of {owner} must be an int >= {minimum}. Got {value!r} instead.")
-    return value
-
-
-def _columns(owner: str, name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    try:
-        cols = tuple(value)
-    except TypeError:
-        raise TypeError(f"The '{name}' parameter of {owner} must be a column name or a sequence of them. Got {value!r} instead.") from None
-    if not cols or not all(isinstance(c, str) and c for c in cols):
-        raise ValueError(f"The '{name}' parameter of {owner} must be a non-empty sequence of column names. Got {value!r} instead.")
-    return cols
 
 
 def _fan_out(listeners: list):
@@ -140,18 +120,18 @@ class ModelSelection:
     def _validate(self) -> dict[str, Any]:
         owner = self._owner
         if not isinstance(self.backend, Backend):
-            raise TypeError(f"The 'backend' parameter of {owner} must be a LocalBackend or SparkBackend. Got {self.backend!r} instead.")
+            raise param_error(owner, "backend", "a LocalBackend or SparkBackend", self.backend, TypeError)
         store = self.store
         if isinstance(store, (str, os.PathLike)):
             store = Store.create(os.fspath(store))
         if not isinstance(store, Store):
-            raise TypeError(f"The 'store' parameter of {owner} must be a Store or a path/URL. Got {self.store!r} instead.")
+            raise param_error(owner, "store", "a Store or a path/URL", self.store, TypeError)
         if not callable(self.estimator_gen_fn):
-            raise TypeError(f"The 'estimator_gen_fn' parameter of {owner} must be callable (params dict -> KerasEstimator). Got {self.estimator_gen_fn!r} instead.")
+            raise param_error(owner, "estimator_gen_fn", "callable (params dict -> KerasEstimator)", self.estimator_gen_fn, TypeError)
         space = validate_space(self.search_space, owner=owner, grid_only=self._grid_only)
-        _int_param(owner, "num_epochs", self.num_epochs)
+        check_int(owner, "num_epochs", self.num_epochs)
         if not isinstance(self.evaluation_metric, str) or not self.evaluation_metric:
-            raise ValueError(f"The 'evaluation_metric' parameter of {owner} must be a metric name such as 'loss' or 'accuracy'. Got {self.evaluation_metric!r} instead.")
+            raise param_error(owner, "evaluation_metric", "a metric name such as 'loss' or 'accuracy'", self.evaluation_metric)
         mode = self.mode
         if mode is None:
             mode = infer_mode(self.evaluation_metric)
@@ -161,36 +141,37 @@ class ModelSelection:
                     "pass mode='min' or mode='max'"
                 )
         elif mode not in ("min", "max"):
-            raise ValueError(f"The 'mode' parameter of {owner} must be 'min', 'max' or None. Got {mode!r} instead.")
+            raise param_error(owner, "mode", "'min', 'max' or None", mode)
         v = self.validation
+        expected = "a fraction in (0, 1) or a boolean column name"
         if isinstance(v, bool) or not isinstance(v, (float, int, str)):
-            raise TypeError(f"The 'validation' parameter of {owner} must be a fraction in (0, 1) or a boolean column name. Got {v!r} instead.")
-        if not isinstance(v, str) and not 0 < v < 1:
-            raise ValueError(f"The 'validation' parameter of {owner} must be a fraction in (0, 1) or a boolean column name. Got {v!r} instead.")
-        features = _columns(owner, "feature_columns", self.feature_columns)
-        labels = _columns(owner, "label_columns", self.label_columns)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"The 'seed' parameter of {owner} must be an int. Got {self.seed!r} instead.")
+            raise param_error(owner, "validation", expected, v, TypeError)
+        if not isinstance(v, str):
+            check_number(owner, "validation", v, low=0, high=1, low_open=True, high_open=True, expected=expected)
+        features = check_columns(owner, "feature_columns", self.feature_columns)
+        labels = check_columns(owner, "label_columns", self.label_columns)
+        if not is_int(self.seed):
+            raise param_error(owner, "seed", "an int", self.seed, TypeError)
         if self.scheduler not in ("dynamic", "deterministic"):
-            raise ValueError(f"The 'scheduler' parameter of {owner} must be 'dynamic' or 'deterministic'. Got {self.scheduler!r} instead.")
+            raise param_error(owner, "scheduler", "'dynamic' or 'deterministic'", self.scheduler)
         if self.early_stopping is not None:
             from .drivers.early_stopping import MedianStopping
 
             if not isinstance(self.early_stopping, MedianStopping):
-                raise TypeError(f"The 'early_stopping' parameter of {owner} must be None or a MedianStopping(...). Got {self.early_stopping!r} instead.")
+                raise param_error(owner, "early_stopping", "None or a MedianStopping(...)", self.early_stopping, TypeError)
         if self.mlflow_tracking_uri is not None:
             if not isinstance(self.mlflow_tracking_uri, str) or not self.mlflow_tracking_uri:
-                raise TypeError(f"The 'mlflow_tracking_uri' parameter of {owner} must be a tracking URI string or None. Got {self.mlflow_tracking_uri!r} instead.")
+                raise param_error(owner, "mlflow_tracking_uri", "a tracking URI string or None", self.mlflow_tracking_uri, TypeError)
             from .tracking import require_mlflow
 
             require_mlflow()
-        _int_param(owner, "max_retries", self.max_retries, minimum=0)
+        check_int(owner, "max_retries", self.max_retries, minimum=0)
         if self.max_consecutive_failures is not None:
-            _int_param(owner, "max_consecutive_failures", self.max_consecutive_failures)
+            check_int(owner, "max_consecutive_failures", self.max_consecutive_failures)
         if self.experiment_name is not None and (not isinstance(self.experiment_name, str) or not _NAME.match(self.experiment_name) or ".." in self.experiment_name):
             raise ValueError(f"The 'experiment_name' parameter of {owner} must match [A-Za-z0-9._-]+. Got {self.experiment_name!r} instead.")
         if self.verbose not in (0, 1, 2, True, False):
-            raise ValueError(f"The 'verbose' parameter of {owner} must be 0, 1 or 2. Got {self.verbose!r} instead.")
+            raise param_error(owner, "verbose", "0, 1 or 2", self.verbose)
         return {"store": store, "space": space, "mode": mode, "features": features, "labels": labels}
 
     # ------------------------------------------------------------------ fit
@@ -207,26 +188,9 @@ class ModelSelection:
         if resume and self.experiment_name is None:
             raise ValueError(f"resume=True needs the 'experiment_name' of the interrupted experiment ({self._owner}).")
         name = self.experiment_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        exp_dir = layout.experiment_dir(name)
-        records = read_journal(store, name) if store.exists(exp_dir) else []
-        if resume:
-            state = journal_state(records)
-            if state == "new":
-                raise ValueError(f"resume=True but experiment {name!r} has no journal in {store.url}; there is nothing to resume")
-            if state == "finished":
-                raise ValueError(f"experiment {name!r} already finished; nothing to resume (choose a new experiment_name)")
-            meta = store.read_json(f"{exp_dir}/experiment.json")
-            if meta["num_workers"] != self.backend.num_workers:
-                raise ValueError(
-                    f"experiment {name!r} ran with num_workers={meta['num_workers']} (one data partition each); "
-                    f"resume it with a backend of {meta['num_workers']} workers, not {self.backend.num_workers}"
-                )
-        elif store.exists(exp_dir):
-            raise ValueError(
-                f"experiment {name!r} already exists in the store ({store.url}/{exp_dir}); choose another "
-                "experiment_name, or pass resume=True to continue an interrupted run"
-            )
-        prepared = self._prepare(df, store, args, records_meta=(store.read_json(f"{exp_dir}/experiment.json") if resume else None))
+        workspace = ExperimentWorkspace.open(store, name, resume, self.backend.num_workers)
+        prepared = self._prepare(df, store, args, workspace.metadata())
+        workspace.bind(prepared, self.seed, self.evaluation_metric, lambda params: self._build_estimator(params, prepared))
         metric = "val_" + strip_prefix(self.evaluation_metric)
         mode = args["mode"]
         driver = self._make_driver()
@@ -234,37 +198,29 @@ class ModelSelection:
             from .drivers.early_stopping import EarlyStoppingDriver
 
             driver = EarlyStoppingDriver(driver, copy.deepcopy(self.early_stopping))
-        driver.bind(args["space"], make_rng(self.seed), self.backend.num_workers, metric, mode)
+        driver.bind(args["space"], driver_rng(self.seed), self.backend.num_workers, metric, mode)
 
-        if not resume:
-            store.makedirs(exp_dir)
-        acquire_lock(store, name)
+        workspace.begin(self._metadata(name, prepared, args), self)
         try:
-            if not resume:
-                self._write_experiment(store, name, prepared, args)
-            journal = Journal(store, name)
-            journal({"type": "resumed" if resume else "started", "time": time.time(), "pid": os.getpid()})
-            listeners = self._listeners(store, name, args, metric, mode)
+            workspace.journal(RunMark("resumed" if resume else "started", time.time(), os.getpid()).to_dict())
+            listeners = self._listeners(workspace, args, metric, mode)
             engine = Engine(
-                backend=self.backend, setup=WorkerSetup(store, prepared.to_dict(), None, store.local_path("logs")),
+                backend=self.backend,
+                setup=WorkerSetup(store, prepared.to_dict(), None, store.local_path(layout.logs_dir())),
                 scheduler=MOPScheduler(self.backend.num_workers, mode=self.scheduler, seed=self.seed, max_retries=self.max_retries),
-                driver=driver, create_model=self._model_factory(store, name, prepared),
-                exploit=self._exploit_factory(store, name, prepared),
-                checkpoint_path=lambda m, e, h, a: layout.checkpoint(name, m, e, h, a),
-                delete=store.delete, seed=self.seed, journal=journal, metric=metric, mode=mode,
-                max_consecutive_failures=self.max_consecutive_failures,
-                listener=_fan_out(listeners),
+                driver=driver, workspace=workspace, seed=self.seed, metric=metric, mode=mode,
+                max_consecutive_failures=self.max_consecutive_failures, listener=_fan_out(listeners),
             )
             if resume:
-                engine.restore(records)
-                self._remove_orphan_checkpoints(store, name, engine)
+                engine.restore(workspace.records)
+                workspace.remove_orphans(engine.state)
             progress = None
             if self.verbose:
                 from .progress import RichProgress
 
                 progress = RichProgress(driver.total_sub_epochs(self.backend.num_workers), metric, mode,
                                         epochs_per_model=getattr(driver, "num_epochs", None))
-                progress.seed(engine)
+                progress.seed(engine.state)
                 listeners.append(progress)
             try:
                 if progress is not None:
@@ -273,21 +229,20 @@ class ModelSelection:
                 else:
                     outcome = engine.run()
             except ValueError:
-                if not resume and not engine.history and not engine.visits:
+                if not resume and not engine.state.history and not engine.state.visits:
                     # Refused before any training: leave nothing half-written behind.
                     _close_all(listeners, "FAILED")
-                    release_lock(store, name)
-                    store.delete(exp_dir)
+                    workspace.discard()
                 raise
             except BaseException:
-                journal({"type": "aborted", "time": time.time()})
+                workspace.journal(RunMark("aborted", time.time()).to_dict())
                 _close_all(listeners, "FAILED")
                 raise
-            journal({"type": "finished", "time": time.time()})
+            workspace.journal(RunMark("finished", time.time()).to_dict())
             _close_all(listeners, "FINISHED")
-            return self._result(outcome, store, name, prepared, metric, mode)
+            return self._result(outcome, workspace, metric, mode)
         finally:
-            release_lock(store, name)
+            workspace.end()
 
     # ------------------------------------------------------------------ fit helpers
 
@@ -309,181 +264,44 @@ class ModelSelection:
             )
         return prepared
 
-    def _write_experiment(self, store: Store, name: str, prepared, args: dict[str, Any]) -> None:
-        exp_dir = layout.experiment_dir(name)
-        store.write_json(f"{exp_dir}/experiment.json", {
+    def _metadata(self, name: str, prepared, args: dict[str, Any]) -> dict[str, Any]:
+        """What ``experiment.json`` records about this search."""
+        return {
             "name": name, "search": self._owner, "data_key": prepared.key, "data_hash": prepared.data_hash,
             "num_workers": self.backend.num_workers, "num_epochs": self.num_epochs,
             "evaluation_metric": self.evaluation_metric, "mode": args["mode"], "seed": self.seed,
             "scheduler": self.scheduler, "search_space": repr(args["space"]),
             "feature_columns": list(args["features"]), "label_columns": list(args["labels"]),
-            "validation": self.validation, "started": time.time(),
-        })
-        # What `cerebro resume` needs to rebuild this search: every argument but the backend
-        # and the store (the estimator_gen_fn by reference, so it must be importable).
-        clone = copy.copy(self)
-        clone.backend, clone.store = None, None
-        try:
-            store.write_bytes(f"{exp_dir}/search.pkl", pickle.dumps(clone))
-        except Exception as exc:  # a lambda or local function cannot be pickled by reference
-            log.info("search arguments not saved for `cerebro resume` (%s); resume with fit(..., resume=True)", exc)
+            "validation": self.validation,
+        }
 
     def _build_estimator(self, params: dict[str, Any], prepared) -> tuple[Any, list[str] | None]:
         """The estimator for one configuration and, when it uses fewer than all feature columns,
         the ones it uses (an ablation variant).  Raises whatever estimator_gen_fn raises."""
         return self.estimator_gen_fn(dict(params)), None
 
-    def _model_factory(self, store: Store, name: str, prepared) -> Callable[[str, int, dict], ModelInit]:
-        checked: list[bool] = []
-
-        def create_model(model_id: str, index: int, params: dict[str, Any]) -> ModelInit:
-            from .frameworks.keras import KerasEstimator, seed_model_creation
-
-            # Same seed and configuration index -> same initial weights, in any run.
-            seed_model_creation(derive_seed(self.seed, 3, index))
-            try:
-                estimator, features = self._build_estimator(dict(params), prepared)
-                if not isinstance(estimator, KerasEstimator):
-                    raise TypeError(f"estimator_gen_fn must return a KerasEstimator; it returned {type(estimator).__name__}")
-                names = estimator.metric_names()
-            except Exception:
-                raise ModelCreationFailed(traceback.format_exc()) from None
-            columns = features or list(prepared.feature_columns)
-            input_width = sum(math.prod(prepared.feature_shapes[c]) for c in columns)
-            if not checked:
-                # Checked once, on the first configuration that builds, before any training starts.
-                if strip_prefix(self.evaluation_metric) not in names:
-                    raise ValueError(
-                        f"evaluation_metric={self.evaluation_metric!r} is not computed by the models; "
-                        f"they report {names} (add it to the KerasEstimator's metrics or pick one of these)"
-                    )
-                checked.append(True)
-            try:
-                spec = estimator.make_spec([(input_width,)])
-            except Exception:
-                raise ModelCreationFailed(traceback.format_exc()) from None
-            spec_path = layout.model_spec(name, model_id)
-            ckpt = layout.checkpoint(name, model_id, 0, 0)
-            store.write_bytes(spec_path, pickle.dumps(spec))
-            store.write_bytes(ckpt, spec.initial_state)
-            return ModelInit(spec_path, ckpt, hashlib.sha256(spec.initial_state).hexdigest(),
-                             {"features": features} if features else {})
-
-        return create_model
-
-    def _exploit_factory(self, store: Store, name: str, prepared) -> Callable[[Any, Any, dict], ModelInit]:
-        def exploit(target, source, params: dict[str, Any]) -> ModelInit:
-            """PBT: target continues from source's committed state with ``params``."""
-            columns = target.task_extra.get("features") or prepared.feature_columns
-            input_width = sum(math.prod(prepared.feature_shapes[c]) for c in columns)
-            from .frameworks.keras import seed_model_creation, transfer_learning_rate
-            from .worker import read_checkpoint
-
-            seed_model_creation(derive_seed(self.seed, 4, target.index, target.spec_version))
-            estimator, _ = self._build_estimator(dict(params), prepared)
-            spec = estimator.make_spec([(input_width,)])
-            source_spec = pickle.loads(store.read_bytes(source.spec_path))
-            if spec.arch_key != source_spec.arch_key:
-                raise CerebroError(
-                    f"exploit of {source.model_id} into {target.model_id} with params {params}: these parameters change "
-                    "the model's architecture or optimizer configuration, so the source's state cannot be copied; "
-                    "mutate only parameters that keep it (learning rate, batch size, ...)"
-                )
-            state = transfer_learning_rate(read_checkpoint(store, source.epoch_checkpoint, source.epoch_checksum),
-                                           spec.initial_state)
-            spec_path = layout.model_spec(name, target.model_id, target.spec_version)
-            ckpt = layout.checkpoint(name, target.model_id, target.epochs_done + 1, 0, target.spec_version)
-            store.write_bytes(spec_path, pickle.dumps(spec))
-            store.write_bytes(ckpt, state)
-            return ModelInit(spec_path, ckpt, hashlib.sha256(state).hexdigest())
-
-        return exploit
-
-    def _listeners(self, store: Store, name: str, args: dict[str, Any], metric: str, mode: str) -> list:
+    def _listeners(self, workspace: ExperimentWorkspace, args: dict[str, Any], metric: str, mode: str) -> list:
         listeners: list = []
-        exp_local = store.local_path(layout.experiment_dir(name))
-        if self.tensorboard and exp_local is not None:
+        tensorboard_dir = workspace.local_path(layout.TENSORBOARD_DIR)
+        if self.tensorboard and tensorboard_dir is not None:
             from .tracking import TensorBoardLogger
 
-            listeners.append(TensorBoardLogger(os.path.join(exp_local, "tensorboard"), hparam_names=sorted(args["space"])))
+            listeners.append(TensorBoardLogger(tensorboard_dir, hparam_names=sorted(args["space"])))
         if self.mlflow_tracking_uri is not None:
             from .tracking import MLflowLogger
 
-            state_dir = exp_local or tempfile.mkdtemp(prefix="cerebro-mlflow-")
+            state_path = workspace.local_path(layout.MLFLOW_STATE_FILE) or os.path.join(
+                tempfile.mkdtemp(prefix="cerebro-mlflow-"), layout.MLFLOW_STATE_FILE)
             listeners.append(MLflowLogger(
-                self.mlflow_tracking_uri, name, state_path=os.path.join(state_dir, "mlflow.json"),
+                self.mlflow_tracking_uri, workspace.name, state_path=state_path,
                 parent_params={"search": self._owner, "num_epochs": self.num_epochs, "seed": self.seed,
                                "evaluation_metric": metric, "mode": mode, "scheduler": self.scheduler,
                                "num_workers": self.backend.num_workers},
             ))
         return listeners
 
-    @staticmethod
-    def _remove_orphan_checkpoints(store: Store, name: str, engine: Engine) -> None:
-        """Checkpoints written by visits that never committed (in flight at the crash) go."""
-        keep = {m.checkpoint for m in engine.models.values()} | {m.epoch_checkpoint for m in engine.models.values()}
-        if engine.best is not None:
-            keep.add(engine.best["checkpoint"])
-        for model_id in engine.models:
-            ckpt_dir = layout.checkpoint_dir(name, model_id)
-            for fname in store.listdir(ckpt_dir):
-                path = f"{ckpt_dir}/{fname}"
-                if path not in keep:
-                    store.delete(path)
-
-    def _result(self, outcome, store: Store, name: str, prepared, metric: str, mode: str) -> ModelSelectionResult:
-        exp_dir = layout.experiment_dir(name)
-        params_cols = sorted({k for m in outcome.models.values() for k in m.params})
-        rows = [{k: v for k, v in row.items() if k != "__params"} for row in outcome.history]
-        history = pd.DataFrame(rows)
-        if history.empty:
-            history = pd.DataFrame(columns=["model_id", "epoch"])
-        # Each epoch's own parameters (PBT changes them mid-run).
-        for col in params_cols:
-            history[f"param_{col}"] = [row.get("__params", outcome.models[row["model_id"]].params).get(col)
-                                       for row in outcome.history]
-        # Rows in (model, epoch) order, whatever order the epochs finished in.
-        history = history.sort_values(["model_id", "epoch"], kind="stable").reset_index(drop=True)
-        visits = pd.DataFrame(outcome.visits, columns=["model_id", "epoch", "partition", "worker", "start", "end", "rows",
-                                                        "status", "attempt", "load_s", "compute_s", "save_s"])
-        evaluations = pd.DataFrame(outcome.evaluations, columns=visits.columns)
-        models: dict[str, TrainedModel] = {}
-        for mid, rec in outcome.models.items():
-            models[mid] = TrainedModel(
-                model_id=mid, params=rec.params,
-                history=history[history["model_id"] == mid].reset_index(drop=True),
-                feature_columns=tuple(rec.task_extra.get("features") or prepared.feature_columns),
-                label_columns=prepared.label_columns, status=rec.status,
-                provenance={"experiment": name, "data_hash": prepared.data_hash, "data_key": prepared.key,
-                            "store": store.url, "seed": self.seed, "scheduler": self.scheduler, "index": rec.index,
-                            "visit_order": [(v["epoch"], v["partition"]) for v in outcome.visits
-                                            if v["model_id"] == mid and v["status"] == "ok"]},
-                _store=store, _spec_path=rec.spec_path or None, _checkpoint=rec.checkpoint or None,
-                _checksum=rec.checksum,
-            )
-        scored = []
-        for mid, rec in outcome.models.items():
-            h = models[mid].history
-            if rec.status != "failed" and len(h) and metric in h.columns:
-                scored.append((float(h[metric].iloc[-1]), rec.index, mid))
-        if not scored:
-            detail = "\n\n".join(f"{m}:\n{tb}" for m, tb in list(outcome.failures.items())[:3])
-            raise CerebroError(f"no configuration could train ({len(outcome.failures)} failed). First failures:\n{detail}")
-        # Best score first; ties go to the configuration created first.
-        best = min(scored, key=(lambda t: (t[0], t[1])) if mode == "min" else (lambda t: (-t[0], t[1])))
-        # Save tables next to the journal for people and tools that read the store directly.
-        store.write_bytes(f"{exp_dir}/history.csv", history.to_csv(index=False).encode())
-        store.write_bytes(f"{exp_dir}/visits.csv", visits.to_csv(index=False).encode())
-        store.write_bytes(f"{exp_dir}/evaluations.csv", evaluations.to_csv(index=False).encode())
-        checkpoint_bytes = sum(store.size(layout.checkpoint_dir(name, m)) for m in outcome.models)
-        log.info("experiment %s: %d checkpoints bytes kept in the store", name, checkpoint_bytes)
-        return ModelSelectionResult(
-            best_model_id=best[2], best_params=dict(outcome.models[best[2]].params), best_score=best[0],
-            models=models, history=history, visits=visits, failures=dict(outcome.failures),
-            experiment_dir=store.local_path(exp_dir) or f"{store.url}/{exp_dir}",
-            evaluation_metric=metric, mode=mode, evaluations=evaluations,
-            best_checkpoint=outcome.best_checkpoint, checkpoint_bytes=checkpoint_bytes,
-        )
+    def _result(self, outcome, workspace: ExperimentWorkspace, metric: str, mode: str) -> ModelSelectionResult:
+        return workspace.result(outcome, metric, mode, {"seed": self.seed, "scheduler": self.scheduler})
 
 
 class GridSearch(ModelSelection):
@@ -503,7 +321,7 @@ class RandomSearch(ModelSelection):
         self.num_models = num_models
 
     def _validate(self) -> dict[str, Any]:
-        _int_param(self._owner, "num_models", self.num_models)
+        check_int(self._owner, "num_models", self.num_models)
         return super()._validate()
 
     def _make_driver(self) -> SearchDriver:
@@ -521,11 +339,11 @@ class TPESearch(ModelSelection):
         self.n_startup_jobs = n_startup_jobs  # hyperopt's random start-up trials (default 20)
 
     def _validate(self) -> dict[str, Any]:
-        _int_param(self._owner, "num_models", self.num_models)
+        check_int(self._owner, "num_models", self.num_models)
         if self.parallelism is not None:
-            _int_param(self._owner, "parallelism", self.parallelism)
+            check_int(self._owner, "parallelism", self.parallelism)
         if self.n_startup_jobs is not None:
-            _int_param(self._owner, "n_startup_jobs", self.n_startup_jobs)
+            check_int(self._owner, "n_startup_jobs", self.n_startup_jobs)
         return super()._validate()
 
     def _make_driver(self) -> SearchDriver:
@@ -544,8 +362,8 @@ class HyperbandSearch(ModelSelection):
         self.eta = eta
 
     def _validate(self) -> dict[str, Any]:
-        _int_param(self._owner, "max_epochs", self.max_epochs)
-        _int_param(self._owner, "eta", self.eta, minimum=2)
+        check_int(self._owner, "max_epochs", self.max_epochs)
+        check_int(self._owner, "eta", self.eta, minimum=2)
         return super()._validate()
 
     def _make_driver(self) -> SearchDriver:
@@ -566,10 +384,10 @@ class ASHASearch(ModelSelection):
         self.reduction_factor = reduction_factor
 
     def _validate(self) -> dict[str, Any]:
-        _int_param(self._owner, "num_models", self.num_models)
-        _int_param(self._owner, "max_epochs", self.max_epochs)
-        _int_param(self._owner, "grace_period", self.grace_period)
-        _int_param(self._owner, "reduction_factor", self.reduction_factor, minimum=2)
+        check_int(self._owner, "num_models", self.num_models)
+        check_int(self._owner, "max_epochs", self.max_epochs)
+        check_int(self._owner, "grace_period", self.grace_period)
+        check_int(self._owner, "reduction_factor", self.reduction_factor, minimum=2)
         if self.grace_period > self.max_epochs:
             raise ValueError(f"The 'grace_period' parameter of {self._owner} must be <= max_epochs={self.max_epochs}. Got {self.grace_period} instead.")
         return super()._validate()
@@ -593,13 +411,12 @@ class PBTSearch(ModelSelection):
         self.mutations = mutations
 
     def _validate(self) -> dict[str, Any]:
-        _int_param(self._owner, "population_size", self.population_size, minimum=2)
-        _int_param(self._owner, "perturbation_interval", self.perturbation_interval)
-        q = self.quantile_fraction
-        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 0.5:
-            raise ValueError(f"The 'quantile_fraction' parameter of {self._owner} must be a number in (0, 0.5]. Got {q!r} instead.")
+        check_int(self._owner, "population_size", self.population_size, minimum=2)
+        check_int(self._owner, "perturbation_interval", self.perturbation_interval)
+        check_number(self._owner, "quantile_fraction", self.quantile_fraction, low=0, high=0.5, low_open=True,
+                     expected="a number in (0, 0.5]")
         if self.mutations is not None and not isinstance(self.mutations, Mapping):
-            raise TypeError(f"The 'mutations' parameter of {self._owner} must be None or a dict of name -> hp_* dimension or callable. Got {self.mutations!r} instead.")
+            raise param_error(self._owner, "mutations", "None or a dict of name -> hp_* dimension or callable", self.mutations, TypeError)
         args = super()._validate()
         unknown = sorted(set(self.mutations or ()) - set(args["space"]))
         if unknown:
@@ -642,7 +459,7 @@ class AblationStudy(ModelSelection):
     def _validate(self) -> dict[str, Any]:
         owner = self._owner
         if not isinstance(self.base_params, Mapping):
-            raise TypeError(f"The 'base_params' parameter of {owner} must be a dict of parameters for estimator_gen_fn. Got {self.base_params!r} instead.")
+            raise param_error(owner, "base_params", "a dict of parameters for estimator_gen_fn", self.base_params, TypeError)
         if "ablation" in self.base_params:
             raise ValueError(f"The 'base_params' parameter of {owner} must not use the reserved name 'ablation'.")
         for name, values in (("ablate_features", self.ablate_features), ("ablate_layers", self.ablate_layers)):
@@ -680,8 +497,8 @@ class AblationStudy(ModelSelection):
         width = sum(math.prod(prepared.feature_shapes[c]) for c in features)
         return ablate(base, input_width=width), features
 
-    def _result(self, outcome, store, name, prepared, metric, mode) -> ModelSelectionResult:
-        result = super()._result(outcome, store, name, prepared, metric, mode)
+    def _result(self, outcome, workspace, metric, mode) -> ModelSelectionResult:
+        result = super()._result(outcome, workspace, metric, mode)
         last = result.history.sort_values("epoch").groupby("model_id").tail(1).set_index("model_id")
         rows = []
         for mid, model in result.models.items():

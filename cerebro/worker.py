@@ -2,7 +2,8 @@
 
 A :class:`WorkerRuntime` owns one training and one validation partition, read once from the
 store with pyarrow and kept in memory, and a cache of compiled Keras models.  The backends
-(local processes, Spark tasks, the inline test backend) only move tasks and results.
+(local processes, Spark tasks, the inline test backend) only move tasks and results
+(:class:`~cerebro.experiment.tasks.Task` in, :class:`~cerebro.experiment.tasks.TaskResult` out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import Any
 
 from .errors import CerebroError
+from .experiment.tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +76,22 @@ class WorkerRuntime:
             self._arrays[key] = cached
         return cached
 
-    def run(self, task: dict) -> dict:
+    def run(self, task: Task) -> TaskResult:
         """Run one task; return its result.  Raises on failure (the backend reports the traceback)."""
         t0 = time.perf_counter()
-        spec = self._spec(task["spec"])
-        ckpt = task["checkpoint"]
-        model = self.cache.load(spec, task["model_id"], ckpt, lambda: read_checkpoint(self.store, ckpt, task.get("checksum")))
-        split = "train" if task["kind"] == "train" else "val"
-        x, y = self._xy(spec, split, task.get("features"))
+        spec = self._spec(task.spec)
+        ckpt = task.checkpoint
+        model = self.cache.load(spec, task.model_id, ckpt, lambda: read_checkpoint(self.store, ckpt, task.checksum))
+        split = "train" if task.kind == "train" else "val"
+        x, y = self._xy(spec, split, task.features)
         t1 = time.perf_counter()
-        if task["kind"] == "train":
-            metrics = self._kf.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task["seed"])
+        if task.kind == "train":
+            metrics = self._kf.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task.seed)
             t2 = time.perf_counter()
             state = self._kf.state_to_bytes(model)
             checksum = hashlib.sha256(state).hexdigest()
-            self.store.write_bytes(task["out"], state)
-            self.cache.note_saved(task["model_id"], task["out"], model)
+            self.store.write_bytes(task.out, state)
+            self.cache.note_saved(task.model_id, task.out, model)
             t3 = time.perf_counter()
         else:
             rows = self.val.num_rows
@@ -97,7 +99,4 @@ class WorkerRuntime:
             t2 = t3 = time.perf_counter()
             checksum = None
         rows = int(metrics.pop("rows"))
-        return {
-            "rows": rows, "metrics": metrics, "checkpoint": task.get("out"), "checksum": checksum,
-            "timing": {"load": t1 - t0, "compute": t2 - t1, "save": t3 - t2},
-        }
+        return TaskResult(rows, metrics, task.out, checksum, {"load": t1 - t0, "compute": t2 - t1, "save": t3 - t2})

@@ -7,8 +7,11 @@ what happened.  It never decides anything: the engine's loop is its only caller.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
+
+from .._checks import check_int, check_number
+from ..experiment.tasks import Task, TaskResult
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class WorkerReady:
 class TaskDone:
     worker: int
     task_id: int
-    result: dict = field(default_factory=dict)
+    result: TaskResult
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def submit(self, worker: int, task_id: int, task: dict) -> None:
+    def submit(self, worker: int, task_id: int, task: Task) -> None:
         """Hand ``task`` to an idle, ready ``worker``.  Non-blocking."""
 
     @abc.abstractmethod
@@ -112,12 +115,8 @@ class Backend(abc.ABC):
 
 
 def check_num_workers(owner: str, num_workers: Any) -> int:
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"The 'num_workers' parameter of {owner} must be an int >= 1. Got {num_workers!r} instead.")
-    return num_workers
+    return check_int(owner, "num_workers", num_workers)
 
 
 def check_timeout(owner: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"The '{name}' parameter of {owner} must be a number of seconds > 0. Got {value!r} instead.")
-    return float(value)
+    return check_number(owner, name, value, low=0, low_open=True, expected="a number of seconds > 0")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady
+from ..experiment.tasks import Task
 
 
 class WorkerChannels:
@@ -22,14 +23,14 @@ class WorkerChannels:
         self.conns: dict[int, Any] = {}
         self.ready: set[int] = set()
         self.busy: dict[int, int] = {}
-        self.running: dict[int, dict] = {}
+        self.running: dict[int, Task] = {}
         self.pids: dict[int, int] = {}
 
     def add(self, worker: int, conn: Any) -> None:
         self.discard(worker)
         self.conns[worker] = conn
 
-    def submit(self, worker: int, task_id: int, task: dict) -> None:
+    def submit(self, worker: int, task_id: int, task: Task) -> None:
         """Send a task to an idle, ready worker.  A broken pipe is left for the death report."""
         if worker not in self.ready:
             raise RuntimeError(f"worker {worker} is not ready")
@@ -42,7 +43,7 @@ class WorkerChannels:
         except (BrokenPipeError, OSError):
             pass  # reported as the worker's death by the backend's wait()
 
-    def running_tasks(self) -> dict[int, dict]:
+    def running_tasks(self) -> dict[int, Task]:
         return {w: self.running[w] for w in list(self.busy) if w in self.running}
 
     def drain(self, worker: int, events: list[BackendEvent]) -> bool:

@@ -13,6 +13,7 @@ from collections import deque
 from typing import Any, Callable
 
 from .base import Backend, BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup, check_num_workers
+from ..experiment.tasks import Task
 
 
 def _default_runtime(setup: WorkerSetup, worker: int):
@@ -29,7 +30,7 @@ class InlineBackend(Backend):
         num_workers: int = 2,
         *,
         runtime_factory: Callable[[WorkerSetup, int], Any] = _default_runtime,
-        faults: Callable[[int, dict], str | None] | None = None,
+        faults: Callable[[int, Task], str | None] | None = None,
         start_timeout: float = 120,
     ) -> None:
         self.num_workers = check_num_workers("InlineBackend", num_workers)
@@ -37,7 +38,7 @@ class InlineBackend(Backend):
         self.runtime_factory = runtime_factory
         self.faults = faults
         self._runtimes: dict[int, Any] = {}
-        self._queue: deque[tuple[int, int, dict]] = deque()
+        self._queue: deque[tuple[int, int, Task]] = deque()
         self._pending: list[BackendEvent] = []
         self._setup: WorkerSetup | None = None
         self.restarts = 0
@@ -55,7 +56,7 @@ class InlineBackend(Backend):
         self._runtimes[worker] = self.runtime_factory(self._setup, worker)
         self._pending.append(WorkerReady(worker, None))
 
-    def submit(self, worker: int, task_id: int, task: dict) -> None:
+    def submit(self, worker: int, task_id: int, task: Task) -> None:
         self._queue.append((worker, task_id, task))
 
     def wait(self, timeout: float | None) -> list[BackendEvent]:

@@ -18,6 +18,8 @@ from typing import Any
 
 from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
 from .channel import WorkerChannels
+from .._checks import check_int
+from ..experiment.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +97,7 @@ class LocalBackend(Backend):
         self.num_workers = check_num_workers("LocalBackend", num_workers)
         self.start_timeout = check_timeout("LocalBackend", "start_timeout", start_timeout)
         if threads_per_worker is not None:
-            if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-                raise ValueError(
-                    f"The 'threads_per_worker' parameter of LocalBackend must be an int >= 1 or None. Got {threads_per_worker!r} instead."
-                )
+            check_int("LocalBackend", "threads_per_worker", threads_per_worker, expected="an int >= 1 or None")
         self.threads_per_worker = threads_per_worker
         self._ctx = mp.get_context("spawn")
         self._procs: dict[int, Any] = {}
@@ -117,7 +116,7 @@ class LocalBackend(Backend):
         """Process id of each running worker (for monitoring and fault-injection tests)."""
         return {w: p.pid for w, p in self._procs.items() if p.is_alive()}
 
-    def running_tasks(self) -> dict[int, dict]:
+    def running_tasks(self) -> dict[int, Task]:
         """Worker -> the task it is running now (for monitoring and fault-injection tests)."""
         return self._ch.running_tasks()
 
@@ -152,7 +151,7 @@ class LocalBackend(Backend):
         self._discard(worker)
         self._spawn(worker)
 
-    def submit(self, worker: int, task_id: int, task: dict) -> None:
+    def submit(self, worker: int, task_id: int, task: Task) -> None:
         self._ch.submit(worker, task_id, task)
 
     def wait(self, timeout: float | None) -> list[BackendEvent]:

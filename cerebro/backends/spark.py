@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import CerebroError
 from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
 from .channel import WorkerChannels
+from ..experiment.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class SparkBackend(Backend):
         """Process id of each connected worker's Python task process (for fault-injection tests)."""
         return dict(self._ch.pids)
 
-    def running_tasks(self) -> dict[int, dict]:
+    def running_tasks(self) -> dict[int, Task]:
         """Worker -> the task it is running now."""
         return self._ch.running_tasks()
 
@@ -343,7 +344,7 @@ class SparkBackend(Backend):
         # worker that the engine knows to be dead asked for it; see wait().
         self._relaunch.add(worker)
 
-    def submit(self, worker: int, task_id: int, task: dict) -> None:
+    def submit(self, worker: int, task_id: int, task: Task) -> None:
         self._ch.submit(worker, task_id, task)
 
     def _maybe_relaunch(self) -> None:

@@ -6,57 +6,14 @@ single loop, so no method needs to be thread-safe or may block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..core.actions import Action, Continue, Decision, Exploit, Pause, Stop
 from ..space import Dimension
 
-
-@dataclass(frozen=True)
-class Continue:
-    """Train the model for another epoch.
-
-    ``model_id=None`` means the model whose epoch just ended; naming another model that is
-    paused (awaiting) resumes it (an ASHA/Hyperband promotion).
-    """
-
-    model_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Stop:
-    """End the model now (at this epoch boundary).  ``reason="finished"`` marks a model that
-    completed its planned epochs (status "completed"); any other reason is an early stop."""
-
-    reason: str = ""
-    model_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Pause:
-    """Keep the model at its epoch boundary, holding no worker, until a later Continue/Stop
-    (from any later driver call) names it."""
-
-    model_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Exploit:
-    """PBT's exploit step: ``target`` (paused at an epoch boundary, or the model whose epoch
-    just ended) takes a copy of ``source``'s latest committed state (weights and optimizer
-    state) and continues with ``params``.  The engine rebuilds the estimator for ``params``
-    (it must keep the architecture) and sets the new learning rate on the copied optimizer
-    state in place.  Follow it with Continue(target) or Pause(target) in the same list."""
-
-    target: str
-    source: str
-    params: dict
-
-
-Action = Continue | Stop | Pause | Exploit
-Decision = Action  # what on_epoch_end returns: one action or a list of them
+__all__ = ["SearchDriver", "FixedEpochsDriver", "Action", "Decision", "Continue", "Stop", "Pause", "Exploit"]
 
 
 class SearchDriver:

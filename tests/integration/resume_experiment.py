@@ -36,7 +36,7 @@ def gen(params):
 
 
 def install_kill_switch(kind: str, n: int) -> None:
-    from cerebro import journal
+    from cerebro.experiment import journal
 
     seen = {"n": 0}
     original = journal.Journal.__call__

@@ -85,7 +85,7 @@ class Killer(threading.Thread):
         deadline = time.time() + 600
         while time.time() < deadline:
             task = self.backend.running_tasks().get(0)
-            if task is not None and task["kind"] == "train" and task.get("epoch") == self.epoch:
+            if task is not None and task.kind == "train" and task.epoch == self.epoch:
                 time.sleep(self.delay)
                 if self.backend.running_tasks().get(0) is not task:
                     continue   # it finished already: wait for a longer one
@@ -93,6 +93,6 @@ class Killer(threading.Thread):
                 victim = executor_jvm(pid) if self.target == "executor" else pid
                 assert victim is not None, f"no executor JVM above pid {pid}"
                 os.kill(victim, signal.SIGKILL)
-                self.killed = {"pid": victim, "model_id": task["model_id"], "epoch": task["epoch"]}
+                self.killed = {"pid": victim, "model_id": task.model_id, "epoch": task.epoch}
                 return
             time.sleep(0.02)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cerebro import CerebroError, LocalStore
-from cerebro.journal import acquire_lock, read_journal, release_lock
+from cerebro.experiment.journal import acquire_lock, read_journal, release_lock
 
 pytestmark = pytest.mark.slow
 

@@ -154,7 +154,7 @@ def test_worker_killed_mid_sub_epoch(grid_result, backend, store, df):
         while time.time() < deadline and not killed:
             running = backend.running_tasks()
             task = running.get(1)
-            if task and task["kind"] == "train" and task["epoch"] == 2:
+            if task and task.kind == "train" and task.epoch == 2:
                 time.sleep(0.005)
                 pid = backend.worker_pids().get(1)
                 if pid:

@@ -12,7 +12,7 @@ from cerebro import (
     hp_choice, hp_loguniform, hp_quniform,
 )
 from cerebro.frameworks import keras as kf
-from cerebro.journal import read_journal
+from cerebro.experiment.journal import read_journal
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from cerebro import hp_choice, hp_loguniform, hp_quniform
 from cerebro.drivers.base import SearchDriver
 from cerebro.drivers.early_stopping import EarlyStoppingDriver, MedianStopping
 from cerebro.selection import ModelSelection
-from driver_contract import check_driver_contract   # tests/unit is on sys.path (no __init__.py)
+from cerebro.testing import check_driver_contract
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "search_drivers.md"
 SPACE = {"lr": hp_loguniform(1e-4, 1e-1), "width": hp_quniform(16, 128, 16), "batch_size": hp_choice([16, 64])}

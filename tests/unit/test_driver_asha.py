@@ -10,7 +10,7 @@ import pytest
 from cerebro.drivers.asha import ASHADriver, asha_rungs
 from cerebro.drivers.base import Continue, Pause, Stop
 from cerebro.space import hp_choice, hp_loguniform, hp_uniform
-from driver_contract import check_driver_contract
+from cerebro.testing import check_driver_contract
 from test_driver_hyperband import SPACE, simulate
 
 

@@ -20,7 +20,7 @@ from cerebro.drivers.base import Continue, Exploit, Pause, Stop
 from cerebro.drivers.hyperband import HyperbandDriver, hyperband_brackets
 from cerebro.space import hp_choice, hp_uniform
 
-from driver_contract import check_driver_contract  # tests/unit is on sys.path (no __init__.py)
+from cerebro.testing import check_driver_contract
 
 
 # --------------------------------------------------------------------------- simulated engine

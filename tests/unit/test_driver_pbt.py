@@ -17,7 +17,7 @@ from cerebro.space import (
     Choice, LogUniform, QLogUniform, QUniform, RandInt, Uniform, hp_choice, hp_loguniform, hp_quniform, hp_randint,
     hp_uniform,
 )
-from driver_contract import check_driver_contract
+from cerebro.testing import check_driver_contract
 from test_driver_hyperband import simulate
 
 SPACE = {"lr": hp_loguniform(1e-4, 1e-1), "momentum": hp_uniform(0.5, 0.99), "batch": hp_quniform(16, 256, 16),

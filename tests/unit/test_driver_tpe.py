@@ -17,7 +17,7 @@ from cerebro.drivers.grid import RandomDriver
 from cerebro.drivers.tpe import TPEDriver
 from cerebro.space import (hp_choice, hp_loguniform, hp_qloguniform, hp_quniform, hp_randint,
                            hp_uniform)
-from driver_contract import check_config, check_driver_contract
+from cerebro.testing import check_config, check_driver_contract
 
 FULL = {
     "act": hp_choice(["relu", "tanh", None, (1, 2)]),

@@ -12,7 +12,7 @@ from cerebro.drivers.base import Continue, Exploit, Pause, SearchDriver, Stop
 from cerebro.drivers.early_stopping import EARLY_STOP_REASON, EarlyStoppingDriver, MedianStopping
 from cerebro.drivers.grid import GridDriver, RandomDriver
 from cerebro.space import hp_choice, hp_loguniform, hp_uniform
-from driver_contract import check_driver_contract
+from cerebro.testing import check_driver_contract
 
 GRID = {"a": hp_choice([1, 2, 3]), "b": hp_choice(["x", "y", "z"])}
 
@@ -412,7 +412,7 @@ class Broken(GridDriver):
     ("forgets", "set_state"),
 ])
 def test_contract_catches(how, match):
-    from driver_contract import ContractViolation
+    from cerebro.testing import ContractViolation
 
     with pytest.raises(ContractViolation, match=match):
         check_driver_contract(lambda: Broken(how), GRID, max_steps=200)

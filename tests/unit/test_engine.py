@@ -12,8 +12,10 @@ import pytest
 
 from cerebro.backends.base import WorkerSetup
 from cerebro.backends.inline import InlineBackend
-from cerebro.core.engine import Engine, ModelCreationFailed, ModelInit, make_rng
 from cerebro.core.mop import MOPScheduler
+from cerebro.core.seeds import driver_rng as make_rng
+from cerebro.experiment.engine import Engine, ModelCreationFailed, ModelInit
+from cerebro.experiment.tasks import TaskResult
 from cerebro.drivers.grid import GridDriver, RandomDriver
 from cerebro.errors import CerebroError
 from cerebro.space import hp_choice, hp_uniform
@@ -35,13 +37,42 @@ class FakeRuntime:
         self.worker = worker
 
     def run(self, task):
-        state = self.store.files[task["checkpoint"]]
+        state = self.store.files[task.checkpoint]
         rows = ROWS[self.worker]
-        if task["kind"] == "train":
-            new = hashlib.sha256(f"{state}|{task['partition']}|{task['seed']}".encode()).hexdigest()[:16]
-            self.store.files[task["out"]] = new
-            return {"rows": rows, "metrics": {"loss": float(self.worker + 1)}, "checkpoint": task["out"], "timing": {}}
-        return {"rows": rows, "metrics": {"loss": float(self.worker), "accuracy": 0.5}, "timing": {}}
+        if task.kind == "train":
+            new = hashlib.sha256(f"{state}|{task.partition}|{task.seed}".encode()).hexdigest()[:16]
+            self.store.files[task.out] = new
+            return TaskResult(rows, {"loss": float(self.worker + 1)}, task.out)
+        return TaskResult(rows, {"loss": float(self.worker), "accuracy": 0.5})
+
+
+class FakeWorkspace:
+    """The engine's Workspace over FakeStore: init states and exploit copies as strings."""
+
+    def __init__(self, store, create=None, deleted=None, journal=None, path="{m}/e{e}-h{h}-a{a}"):
+        self.store, self.create, self.deleted, self.sink, self.path = store, create, deleted, journal, path
+
+    def create_model(self, model_id, index, params):
+        if self.create is not None:
+            self.create(model_id, params)
+        self.store.files[f"{model_id}/init"] = f"init-{model_id}"
+        return ModelInit(f"{model_id}/spec", f"{model_id}/init")
+
+    def exploit(self, plan, params):
+        path = f"{plan.target}/exploit-{plan.spec_version}"
+        self.store.files[path] = self.store.files[plan.source_checkpoint] + f"+lr{params['a']}"
+        return ModelInit(f"{plan.target}/spec-v{plan.spec_version}", path)
+
+    def checkpoint_path(self, m, e, h, a):
+        return self.path.format(m=m, e=e, h=h, a=a)
+
+    def delete_checkpoint(self, path):
+        if self.deleted is not None:
+            self.deleted.append(path)
+
+    def journal(self, record):
+        if self.sink is not None:
+            self.sink.append(record)
 
 
 def run_engine(num_workers=3, driver=None, faults=None, mode="deterministic", create=None, max_retries=2, seed=7):
@@ -50,17 +81,9 @@ def run_engine(num_workers=3, driver=None, faults=None, mode="deterministic", cr
     driver = driver or GridDriver(2)
     driver.bind({"a": hp_choice([1, 2, 3])}, make_rng(seed), num_workers)
     deleted = []
-
-    def create_model(model_id, index, params):
-        if create is not None:
-            create(model_id, params)
-        store.files[f"{model_id}/init"] = f"init-{model_id}"
-        return ModelInit(f"{model_id}/spec", f"{model_id}/init")
-
     engine = Engine(
         backend=backend, setup=WorkerSetup(store, {"key": "k"}), scheduler=MOPScheduler(num_workers, mode=mode, seed=seed, max_retries=max_retries),
-        driver=driver, create_model=create_model, checkpoint_path=lambda m, e, h, a: f"{m}/e{e}-h{h}-a{a}",
-        delete=deleted.append, seed=seed,
+        driver=driver, workspace=FakeWorkspace(store, create, deleted), seed=seed,
     )
     outcome = engine.run()
     finals = {m: store.files[r.checkpoint] for m, r in outcome.models.items() if r.checkpoint}
@@ -121,7 +144,7 @@ def test_deterministic_models_survive_worker_deaths_and_task_failures():
 
 def test_a_model_that_keeps_failing_is_abandoned_and_the_others_finish():
     def faults(worker, task):
-        return "fail" if task["model_id"] == "model_001" else None
+        return "fail" if task.model_id == "model_001" else None
 
     outcome, finals, _, _ = run_engine(faults=faults, max_retries=2)
     assert outcome.models["model_001"].status == "failed"
@@ -169,9 +192,9 @@ def test_random_driver_draws_from_one_generator():
 
 def test_max_retries_zero_abandons_at_the_first_failure_and_logs_it_at_once(caplog):
     def faults(worker, task):
-        return "fail" if task["model_id"] == "model_000" else None
+        return "fail" if task.model_id == "model_000" else None
 
-    with caplog.at_level("WARNING", logger="cerebro.core.engine"):
+    with caplog.at_level("WARNING", logger="cerebro.experiment.engine"):
         outcome, *_ = run_engine(faults=faults, max_retries=0)
     attempts = [v for v in outcome.visits if v["model_id"] == "model_000"]
     assert len(attempts) == 1 and attempts[0]["status"] == "failed"
@@ -190,12 +213,8 @@ def test_max_consecutive_failures_stops_the_experiment():
     driver = GridDriver(1)
     driver.bind({"a": hp_choice([1, 2, 3, 4])}, make_rng(0), 2)
 
-    def create_model(model_id, index, params):
-        create(model_id, params)
-
     engine = Engine(backend=backend, setup=WorkerSetup(store, {"key": "k"}), scheduler=MOPScheduler(2), driver=driver,
-                    create_model=create_model, checkpoint_path=lambda m, e, h, a: f"{m}/{e}/{h}/{a}",
-                    max_consecutive_failures=2)
+                    workspace=FakeWorkspace(store, create, path="{m}/{e}/{h}/{a}"), max_consecutive_failures=2)
     with pytest.raises(CerebroError, match=r"(?s)2 configurations failed in a row.*model_001 cannot be built"):
         engine.run()
 
@@ -210,15 +229,9 @@ def test_restore_from_the_journal_continues_exactly(tmp_path):
         driver = GridDriver(2)
         driver.bind({"a": hp_choice([1, 2, 3])}, make_rng(7), 3)
         sink = [] if records is not None else journal
-
-        def create_model(model_id, index, params):
-            store.files[f"{model_id}/init"] = f"init-{model_id}"
-            return ModelInit(f"{model_id}/spec", f"{model_id}/init")
-
         engine = Engine(backend=backend, setup=WorkerSetup(store, {"key": "k"}),
                         scheduler=MOPScheduler(3, mode="deterministic", seed=7), driver=driver,
-                        create_model=create_model, checkpoint_path=lambda m, e, h, a: f"{m}/e{e}-h{h}-a{a}",
-                        seed=7, journal=sink.append)
+                        workspace=FakeWorkspace(store, journal=sink), seed=7)
         if records is not None:
             engine.restore(records)
         return engine, sink
@@ -293,19 +306,9 @@ def run_with(driver, records=None, journal=None, store=None):
     backend = InlineBackend(2, runtime_factory=lambda setup, w: FakeRuntime(store, w))
     driver.bind({"a": hp_choice([1, 2])}, make_rng(1), 2)
 
-    def create_model(model_id, index, params):
-        store.files[f"{model_id}/init"] = f"init-{model_id}"
-        return ModelInit(f"{model_id}/spec", f"{model_id}/init")
-
-    def exploit(target, source, params):
-        path = f"{target.model_id}/exploit-{target.spec_version}"
-        store.files[path] = store.files[source.checkpoint] + f"+lr{params['a']}"
-        return ModelInit(f"{target.model_id}/spec-v{target.spec_version}", path)
-
     engine = Engine(backend=backend, setup=WorkerSetup(store, {"key": "k"}),
                     scheduler=MOPScheduler(2, mode="deterministic", seed=1), driver=driver,
-                    create_model=create_model, exploit=exploit, checkpoint_path=lambda m, e, h, a: f"{m}/e{e}-h{h}-a{a}",
-                    seed=1, journal=(journal.append if journal is not None else None))
+                    workspace=FakeWorkspace(store, journal=journal), seed=1)
     if records is not None:
         engine.restore(records)
     return engine, store

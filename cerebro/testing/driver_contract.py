@@ -1,8 +1,8 @@
-"""A reusable contract suite for search drivers (:class:`cerebro.drivers.base.SearchDriver`).
+"""The contract suite for search drivers (:class:`cerebro.SearchDriver`), shipped for users.
 
-Usage, from any test module::
+Usage, from any test module (pytest or not)::
 
-    from driver_contract import check_driver_contract   # tests/unit is on sys.path (no __init__.py)
+    from cerebro.testing import check_driver_contract
 
     def test_my_driver_contract():
         report = check_driver_contract(lambda: MyDriver(...), {"lr": hp_loguniform(1e-4, 1e-1)})
@@ -10,8 +10,13 @@ Usage, from any test module::
 
 ``check_driver_contract(make_driver, space, *, num_workers=2, metric="val_loss", mode="min",
 seed=0, max_steps=5000, failures=True, diverging=True) -> ContractReport`` simulates the engine
-(:mod:`cerebro.core.engine`) with synthetic learning curves and raises ``AssertionError`` with
-a description of the first violation.  It checks that
+(:mod:`cerebro.experiment.engine`) with synthetic learning curves and raises ``AssertionError``
+with a description of the first violation.  The simulation keeps its experiment state with the
+engine's own reducer (:class:`cerebro.core.state.ExperimentState`, fed the same journal records)
+and checks decisions with the engine's own rules (:func:`cerebro.core.actions.check_actions`),
+so a driver that passes here is held to exactly what the engine enforces, plus the quality
+checks below that only a contract test makes (parameters inside the space, determinism,
+resumability).  It checks that
 
 - ``suggest`` returns ``None`` or a list of configurations whose keys are exactly the space's,
   each value inside its dimension (hp_choice: one of the values; ranges: within [low, high],
@@ -67,8 +72,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cerebro.drivers.base import Continue, Exploit, Pause, SearchDriver, Stop
-from cerebro.space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform
+from ..core.actions import ActionError, Continue, Exploit, Pause, Stop, check_actions, normalise, target_of
+from ..core.records import CreationFailure, DriverUpdate, EpochResult, ModelCreation, ModelFailure, Suggestion
+from ..core.state import ExperimentState
+from ..drivers.base import SearchDriver
+from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform
 
 __all__ = ["check_driver_contract", "check_config", "ContractReport", "ContractViolation"]
 
@@ -154,28 +162,25 @@ def _base(params: Mapping[str, Any]) -> tuple[float, int]:
 
 
 @dataclass
-class _Model:
-    model_id: str
-    index: int
-    params: dict
-    status: str = "running"       # running | paused | completed | stopped | failed
-    epochs: int = 0
+class _Curve:
+    """A simulated model's learning curve (what the real engine gets from training)."""
+
     base: float = 1.0
     position: int = 0
     diverges: bool = False
 
 
 class _Sim:
-    """A deterministic stand-in for the engine: one instance per run."""
+    """A deterministic stand-in for the engine: one instance per run.  Its experiment state is
+    an :class:`ExperimentState` fed the records the engine would journal."""
 
     def __init__(self, make_driver, space, num_workers, metric, mode, seed, max_steps, failures, diverging):
         self.make_driver, self.space, self.num_workers = make_driver, dict(space), num_workers
         self.metric, self.mode, self.seed, self.max_steps = metric, mode, seed, max_steps
         self.failures, self.diverging = failures, diverging
         self.order = np.random.default_rng([seed, 20200])   # which model ends an epoch next
-        self.models: dict[str, _Model] = {}
-        self.next_index = 0
-        self.exhausted = False
+        self.state = ExperimentState(metric=metric, mode=mode)
+        self.curves: dict[str, _Curve] = {}
         self.log: list = []
         self.calls = 0
         self.swaps: dict[int, None] = {}
@@ -194,61 +199,73 @@ class _Sim:
         driver.bind(self.space, np.random.default_rng(self.seed), self.num_workers, self.metric, self.mode)
         return driver
 
-    def _after_call(self) -> None:
-        self.calls += 1
+    def _driver_state(self) -> dict:
         try:
             # sort_keys and no NaN, as the engine's journal writes it: a driver must not depend on
             # the key order of its own state after a resume.
-            text = json.dumps(self.driver.get_state(), sort_keys=True)
+            return json.loads(json.dumps(self.driver.get_state(), sort_keys=True))
         except (TypeError, ValueError) as exc:
-            raise ContractViolation(f"get_state() after driver call {self.calls} is not JSON-serialisable: {exc}") from exc
+            raise ContractViolation(f"get_state() after driver call {self.calls + 1} is not JSON-serialisable: {exc}") from exc
+
+    def _after_call(self) -> None:
+        text = self._driver_state()
+        self.calls += 1
         if self.calls in self.swaps:
             fresh = self._new_driver()
-            fresh.set_state(json.loads(text))
+            fresh.set_state(text)
             self.driver = fresh
             self.log.append(("resumed", self.calls))
 
     # -- engine behaviour ---------------------------------------------------------------
 
-    def training(self) -> list[_Model]:
-        return [m for m in self.models.values() if m.status == "running"]
+    @property
+    def exhausted(self) -> bool:
+        return self.state.exhausted
+
+    def training(self) -> list:
+        return [m for m in self.state.models.values() if m.status == "running"]
 
     def fill(self) -> None:
-        if self.exhausted:
+        if self.state.exhausted:
             return
-        num_active = len(self.training())
+        num_active = self.state.active()
         proposals = self.driver.suggest(num_active)
         self.log.append(("suggest", num_active, _jsonable(proposals)))
-        self._after_call()
         if proposals is None:
-            self.exhausted = True
+            self.state.apply(DriverUpdate(self._driver_state(), exhausted=True))
+            self._after_call()
             return
         if not isinstance(proposals, list):
             raise ContractViolation(f"suggest({num_active}) returned {proposals!r}: expected a list or None")
         for i, config in enumerate(proposals):
             check_config(config, self.space, f"suggest({num_active})[{i}]")
-        for config in proposals:
-            index = self.next_index
-            self.next_index += 1
+        first = self.state.next_index
+        if proposals:
+            self.state.apply(Suggestion(first, [dict(c) for c in proposals], self._driver_state()))
+        self._after_call()
+        for offset, config in enumerate(proposals):
+            index = first + offset
             model_id = f"model_{index:03d}"
             if self.failures and index == CREATION_FAILURE_INDEX:
-                self.models[model_id] = _Model(model_id, index, dict(config), status="failed")
-                answer = self.driver.on_model_failed(None, dict(config), "Traceback (most recent call last):\nRuntimeError: simulated build failure")
+                error = "Traceback (most recent call last):\nRuntimeError: simulated build failure"
+                self.state.apply(CreationFailure(model_id, index, dict(config), error))
+                answer = self.driver.on_model_failed(None, dict(config), error)
                 self.log.append(("creation_failed", model_id, _jsonable(answer)))
                 self._apply_notice(answer, f"on_model_failed(None, ...) -> {answer!r}")
             else:
                 base, h = _base(config)
-                self.models[model_id] = _Model(model_id, index, dict(config), base=base,
-                                               diverges=self.diverging and h % 13 == 0)
+                self.curves[model_id] = _Curve(base=base, diverges=self.diverging and h % 13 == 0)
                 self.built += 1
                 self.driver.on_model_added(model_id, dict(config))
+                self.state.apply(ModelCreation(model_id, index, dict(config), f"{model_id}/spec", f"{model_id}/init"))
                 self.log.append(("added", model_id))
             self._after_call()
 
-    def metrics(self, m: _Model) -> dict[str, float]:
-        noise = float(np.random.default_rng([self.seed, m.index, m.epochs]).normal(0.0, 0.01))
-        loss = m.base * 0.9 ** m.position + noise
-        if m.diverges and m.epochs >= 2:
+    def metrics(self, model_id: str, epoch: int) -> dict[str, float]:
+        m, curve = self.state.models[model_id], self.curves[model_id]
+        noise = float(np.random.default_rng([self.seed, m.index, epoch]).normal(0.0, 0.01))
+        loss = curve.base * 0.9 ** curve.position + noise
+        if curve.diverges and epoch >= 2:
             loss = math.nan
         out = {"train_loss": loss * 0.95, "val_loss": loss, "val_accuracy": 1.0 / (1.0 + loss)}
         out[self.metric] = loss if self.mode == "min" else 1.0 / (1.0 + loss)
@@ -258,20 +275,23 @@ class _Sim:
         running = self.training()
         self.max_training = max(self.max_training, len(running))
         m = running[int(self.order.integers(len(running)))]
-        m.epochs += 1
-        m.position += 1
+        epoch = m.epochs_done + 1
+        self.curves[m.model_id].position += 1
         self.epochs_run += 1
-        if self.failures and m.index == TRAINING_FAILURE_MODEL and m.epochs == TRAINING_FAILURE_EPOCH:
-            m.status = "failed"
-            answer = self.driver.on_model_failed(m.model_id, dict(m.params), "Traceback (most recent call last):\nRuntimeError: simulated training failure")
-            self.log.append(("failed", m.model_id, m.epochs, _jsonable(answer)))
+        if self.failures and m.index == TRAINING_FAILURE_MODEL and epoch == TRAINING_FAILURE_EPOCH:
+            error = "Traceback (most recent call last):\nRuntimeError: simulated training failure"
+            self.state.apply(ModelFailure(m.model_id, epoch, error))
+            answer = self.driver.on_model_failed(m.model_id, dict(m.params), error)
+            self.log.append(("failed", m.model_id, epoch, _jsonable(answer)))
             self._apply_notice(answer, f"on_model_failed({m.model_id!r}, ...) -> {answer!r}")
             self._after_call()
             return
-        metrics = self.metrics(m)
-        decision = self.driver.on_epoch_end(m.model_id, m.epochs, metrics)
-        self.log.append(("epoch", m.model_id, m.epochs, _jsonable(decision)))
-        self._apply(m, decision, f"on_epoch_end({m.model_id!r}, {m.epochs}) -> {decision!r}")
+        metrics = self.metrics(m.model_id, epoch)
+        decision = self.driver.on_epoch_end(m.model_id, epoch, metrics)
+        self.log.append(("epoch", m.model_id, epoch, _jsonable(decision)))
+        applied = self._decide(m.model_id, epoch, decision, f"on_epoch_end({m.model_id!r}, {epoch}) -> {decision!r}")
+        self.state.apply(EpochResult(m.model_id, epoch, metrics, dict(m.params), False, applied,
+                                     f"{m.model_id}/e{epoch}", None, self._driver_state()))
         self._after_call()
 
     def _apply_notice(self, answer: Any, where: str) -> None:
@@ -279,61 +299,39 @@ class _Sim:
         # actions the failure unblocks (paused models, each named explicitly): they are applied
         if answer is None or (isinstance(answer, (list, tuple)) and not answer):
             return
-        self._apply(None, answer, where)
+        applied = self._decide(None, None, answer, where)
+        self.state.apply(DriverUpdate(self._driver_state(), applied))
 
-    def _apply(self, reporting: _Model | None, decision: Any, where: str) -> None:
-        """Apply a decision; ``reporting`` is None for the actions a failure notice returned."""
-        actions = list(decision) if isinstance(decision, (list, tuple)) else [decision]
-        if reporting is not None:
-            reporting.status = "paused"   # unless an action says otherwise
-        named: dict[str, int] = {}
-        awaiting_follow: set[str] = set()
+    def _decide(self, reporting: str | None, epoch: int | None, decision: Any, where: str) -> list[dict]:
+        """Check a decision with the engine's rules (and the space, which only the contract
+        checks); return the applied-action entries the engine would journal."""
+        try:
+            actions = normalise(decision, reporting)
+            check_actions(actions, reporting, self.state.statuses(), self.state.epochs(reporting, epoch), self.space)
+        except ActionError as exc:
+            raise ContractViolation(f"{where}: {exc}") from None
+        applied: list[dict] = []
         for a in actions:
+            target = target_of(a)
             if isinstance(a, Exploit):
-                target_id = a.target
-            elif isinstance(a, (Continue, Stop, Pause)):
-                if a.model_id is None and reporting is None:
-                    raise ContractViolation(f"{where}: {a!r} must name its model (no model's epoch ended)")
-                target_id = reporting.model_id if a.model_id is None else a.model_id
-            else:
-                raise ContractViolation(f"{where}: {a!r} is not a Continue, Stop, Pause or Exploit")
-            target = self.models.get(target_id)
-            if target is None:
-                raise ContractViolation(f"{where}: {a!r} names an unknown model {target_id!r}")
-            if target is not reporting and target.status != "paused":
-                raise ContractViolation(f"{where}: {a!r} names {target_id}, which is {target.status}; only the "
-                                        "model whose epoch ended or a paused model may be acted on")
-            if isinstance(a, Exploit):
-                source = self.models.get(a.source)
-                if source is None or source.status == "failed" or source.epochs < 1:
-                    raise ContractViolation(f"{where}: Exploit source {a.source!r} is unknown, failed or has no epoch")
-                if not isinstance(a.params, Mapping):
-                    raise ContractViolation(f"{where}: Exploit params must be a dict")
                 check_config(a.params, self.space, f"{where}: Exploit params")
-                target.params, target.base, target.position = dict(a.params), source.base, source.position
-                target.diverges = source.diverges
-                awaiting_follow.add(target_id)
+                plan = self.state.exploit_plan(a, reporting, epoch)
+                source, dest = self.curves[a.source], self.curves[target]
+                dest.base, dest.position, dest.diverges = source.base, source.position, source.diverges
+                applied.append({"model_id": target, "action": "exploit", "source": a.source, "params": dict(a.params),
+                                "spec": f"{target}/spec-v{plan.spec_version}", "checkpoint": f"{target}/exploit-{plan.spec_version}",
+                                "checksum": None, "spec_version": plan.spec_version})
                 continue
-            if target_id in awaiting_follow:
-                if isinstance(a, Stop):
-                    raise ContractViolation(f"{where}: an Exploit of {target_id} must be followed by Continue or Pause, not Stop")
-                awaiting_follow.discard(target_id)
-            else:
-                named[target_id] = named.get(target_id, 0) + 1
-                if named[target_id] > 1:
-                    raise ContractViolation(f"{where}: {target_id} is named more than once")
             if isinstance(a, Continue):
-                target.status = "running"
+                status = "running"
             elif isinstance(a, Pause):
-                target.status = "paused"
+                status = "paused"
             else:
-                if not isinstance(a.reason, str):
-                    raise ContractViolation(f"{where}: Stop reason must be a string")
-                target.status = "completed" if a.reason == "finished" else "stopped"
+                status = "completed" if a.reason == "finished" else "stopped"
                 if a.reason != "finished":
                     self.early_stops += 1
-        if awaiting_follow:
-            raise ContractViolation(f"{where}: Exploit of {sorted(awaiting_follow)} not followed by Continue/Pause")
+            applied.append({"model_id": target, "action": type(a).__name__.lower(), "status": status})
+        return applied
 
     def run(self) -> None:
         self.fill()
@@ -345,7 +343,7 @@ class _Sim:
                     if self.exhausted:
                         break
                     # the engine would end the experiment here with work undone
-                    paused = [m.model_id for m in self.models.values() if m.status == "paused"]
+                    paused = [m.model_id for m in self.state.models.values() if m.status == "paused"]
                     raise ContractViolation(
                         f"driver stalled: nothing is training, suggest returned [] and it is not exhausted "
                         f"(paused: {paused})")
@@ -355,19 +353,19 @@ class _Sim:
             self.step()
             steps += 1
             self.fill()
-        left = [m.model_id for m in self.models.values() if m.status in ("running", "paused")]
+        left = [m.model_id for m in self.state.models.values() if m.status in ("running", "paused")]
         if left:
             raise ContractViolation(f"the driver is exhausted but models never ended: {left}")
 
     def report(self) -> ContractReport:
         statuses: dict[str, int] = {}
-        for m in self.models.values():
+        for m in self.state.models.values():
             statuses[m.status] = statuses.get(m.status, 0) + 1
         return ContractReport(
             log=self.log,
-            models={m.model_id: {"params": m.params, "status": m.status, "epochs": m.epochs, "index": m.index}
-                    for m in self.models.values()},
-            num_suggested=self.next_index,
+            models={m.model_id: {"params": m.params, "status": m.status, "epochs": m.epochs_done, "index": m.index}
+                    for m in self.state.models.values()},
+            num_suggested=self.state.next_index,
             num_models=self.built,
             num_epochs_run=self.epochs_run, max_training=self.max_training, num_calls=self.calls,
             statuses=statuses, early_stops=self.early_stops,

@@ -14,14 +14,16 @@ import socket
 import time
 from typing import Any
 
-from .errors import CerebroError
-from .storage import Store, layout
+from ..core.records import RUN_MARKS
+from ..errors import CerebroError
+from ..storage import Store, layout
 
 log = logging.getLogger(__name__)
 
 
 class Journal:
-    """Appends records to ``experiments/<name>/journal.jsonl``.  Called by the engine only."""
+    """Appends records (dicts: ``Record.to_dict()``) to ``experiments/<name>/journal.jsonl``.
+    Called from the engine's loop only; each call returns once the line is durable."""
 
     def __init__(self, store: Store, name: str) -> None:
         self.store = store
@@ -70,14 +72,10 @@ def journal_state(records: list[dict[str, Any]]) -> str:
     """'new' (no records), 'finished', or 'interrupted'."""
     if not records:
         return "new"
-    last = [r for r in records if r.get("type") in ("finished", "aborted", "started", "resumed")]
+    last = [r for r in records if r.get("type") in RUN_MARKS]
     if last and last[-1]["type"] == "finished":
         return "finished"
     return "interrupted"
-
-
-def _lock_path(name: str) -> str:
-    return f"{layout.experiment_dir(name)}/LOCK"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -98,7 +96,7 @@ def acquire_lock(store: Store, name: str) -> None:
     """
     me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
     data = json.dumps(me).encode()
-    path = _lock_path(name)
+    path = layout.lock(name)
     for _ in range(2):
         if store.create_exclusive(path, data):
             return
@@ -120,4 +118,4 @@ def acquire_lock(store: Store, name: str) -> None:
 
 
 def release_lock(store: Store, name: str) -> None:
-    store.delete(_lock_path(name))
+    store.delete(layout.lock(name))

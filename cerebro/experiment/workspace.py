@@ -1,0 +1,281 @@
+"""The experiment workspace: everything an experiment writes in the store, in one object.
+
+:class:`ExperimentWorkspace` owns ``<store>/experiments/<name>/``: the lock, ``experiment.json``
+and ``search.pkl``, the journal, each model's spec and checkpoints (creation, exploit copies,
+naming, retention and orphan clean-up), and the result tables.  The engine sees it through the
+:class:`~cerebro.experiment.engine.Workspace` protocol; ``selection`` opens it, hands it to the
+engine, and asks it for the result.
+
+Frameworks are reached through ``build(params) -> (estimator, feature columns or None)`` and
+imported lazily (Keras today), so importing this module imports no framework.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import pickle
+import time
+import traceback
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from ..core.metrics import best_of, strip_prefix
+from ..core.records import VISIT_COLUMNS
+from ..core.seeds import exploit_init_seed, model_init_seed
+from ..core.state import ExperimentState, ExploitPlan
+from ..errors import CerebroError
+from ..storage import Store, layout
+from ..worker import read_checkpoint
+from .engine import EngineOutcome, ModelCreationFailed, ModelInit
+from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExperimentWorkspace"]
+
+
+class ExperimentWorkspace:
+    """One experiment's directory in a store.  Used by one driver process at a time (the lock).
+
+    Life cycle, driven by ``ModelSelection.fit``: :meth:`open` (checks new vs resume, reads the
+    journal), :meth:`bind` (the data and how to build estimators), :meth:`begin` (creates the
+    directory, takes the lock, writes ``experiment.json`` for a new run), the engine run, then
+    :meth:`result` and :meth:`end` (releases the lock), or :meth:`discard` when the run was
+    refused before any training.
+    """
+
+    def __init__(self, store: Store, name: str, records: list[dict[str, Any]], resume: bool) -> None:
+        self.store = store
+        self.name = name
+        self.dir = layout.experiment_dir(name)
+        self.records = records
+        self.resume = resume
+        self.prepared: Any = None
+        self.seed = 0
+        self._build: Callable[[dict[str, Any]], tuple[Any, list[str] | None]] | None = None
+        self._metric_checked: str | None = None
+        self._journal: Journal | None = None
+        self._locked = False
+
+    # ------------------------------------------------------------------ life cycle
+
+    @classmethod
+    def open(cls, store: Store, name: str, resume: bool, num_workers: int) -> "ExperimentWorkspace":
+        """The workspace for experiment ``name``: refuses to resume what cannot be resumed, and to
+        start a new run over an existing experiment.  Writes nothing."""
+        exp_dir = layout.experiment_dir(name)
+        exists = store.exists(exp_dir)
+        records = read_journal(store, name) if exists else []
+        if resume:
+            state = journal_state(records)
+            if state == "new":
+                raise ValueError(f"resume=True but experiment {name!r} has no journal in {store.url}; there is nothing to resume")
+            if state == "finished":
+                raise ValueError(f"experiment {name!r} already finished; nothing to resume (choose a new experiment_name)")
+            meta = store.read_json(layout.experiment_file(name))
+            if meta["num_workers"] != num_workers:
+                raise ValueError(
+                    f"experiment {name!r} ran with num_workers={meta['num_workers']} (one data partition each); "
+                    f"resume it with a backend of {meta['num_workers']} workers, not {num_workers}"
+                )
+        elif exists:
+            raise ValueError(
+                f"experiment {name!r} already exists in the store ({store.url}/{exp_dir}); choose another "
+                "experiment_name, or pass resume=True to continue an interrupted run"
+            )
+        return cls(store, name, records, resume)
+
+    def metadata(self) -> dict[str, Any] | None:
+        """``experiment.json`` of a resumed run (None for a new one)."""
+        return self.store.read_json(layout.experiment_file(self.name)) if self.resume else None
+
+    def bind(self, prepared: Any, seed: int, evaluation_metric: str,
+             build: Callable[[dict[str, Any]], tuple[Any, list[str] | None]]) -> None:
+        """The prepared data, the experiment seed, the metric every model must compute, and
+        ``build(params) -> (estimator, feature columns it uses or None for all)``."""
+        self.prepared = prepared
+        self.seed = seed
+        self._metric_checked = evaluation_metric
+        self._build = build
+
+    def begin(self, meta: Mapping[str, Any], search: Any) -> None:
+        """Create the directory (new runs), take the lock, write ``experiment.json`` and the
+        pickled search (what ``cerebro resume`` rebuilds), and start the journal."""
+        if not self.resume:
+            self.store.makedirs(self.dir)
+        acquire_lock(self.store, self.name)
+        self._locked = True
+        if not self.resume:
+            self.store.write_json(layout.experiment_file(self.name), {**meta, "started": time.time()})
+            # Every argument but the backend and the store (the estimator_gen_fn by reference,
+            # so it must be importable).
+            clone = copy.copy(search)
+            clone.backend, clone.store = None, None
+            try:
+                self.store.write_bytes(layout.search_file(self.name), pickle.dumps(clone))
+            except Exception as exc:  # a lambda or local function cannot be pickled by reference
+                log.info("search arguments not saved for `cerebro resume` (%s); resume with fit(..., resume=True)", exc)
+        self._journal = Journal(self.store, self.name)
+
+    def end(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._locked:
+            release_lock(self.store, self.name)
+            self._locked = False
+
+    def discard(self) -> None:
+        """A new run refused before any training: leave nothing of it behind."""
+        self.end()
+        if not self.resume:
+            self.store.delete(self.dir)
+
+    def local_path(self, *parts: str) -> str | None:
+        """A local file-system path inside the experiment directory (None for remote stores)."""
+        root = self.store.local_path(self.dir)
+        return None if root is None else os.path.join(root, *parts)
+
+    # ------------------------------------------------------------------ the engine's Workspace
+
+    def journal(self, record: dict[str, Any]) -> None:
+        assert self._journal is not None, "begin() first"
+        self._journal(record)
+
+    def checkpoint_path(self, model_id: str, epoch: int, hop: int, attempt: int) -> str:
+        return layout.checkpoint(self.name, model_id, epoch, hop, attempt)
+
+    def delete_checkpoint(self, path: str) -> None:
+        self.store.delete(path)
+
+    def _input_width(self, features: Any) -> int:
+        columns = features or list(self.prepared.feature_columns)
+        return sum(math.prod(self.prepared.feature_shapes[c]) for c in columns)
+
+    def create_model(self, model_id: str, index: int, params: dict[str, Any]) -> ModelInit:
+        from ..frameworks.keras import KerasEstimator, seed_model_creation
+
+        assert self._build is not None, "bind() first"
+        # Same seed and configuration index -> same initial weights, in any run.
+        seed_model_creation(model_init_seed(self.seed, index))
+        try:
+            estimator, features = self._build(dict(params))
+            if not isinstance(estimator, KerasEstimator):
+                raise TypeError(f"estimator_gen_fn must return a KerasEstimator; it returned {type(estimator).__name__}")
+            names = estimator.metric_names()
+        except Exception:
+            raise ModelCreationFailed(traceback.format_exc()) from None
+        if self._metric_checked is not None:
+            # Checked once, on the first configuration that builds, before any training starts.
+            if strip_prefix(self._metric_checked) not in names:
+                raise ValueError(
+                    f"evaluation_metric={self._metric_checked!r} is not computed by the models; "
+                    f"they report {names} (add it to the KerasEstimator's metrics or pick one of these)"
+                )
+            self._metric_checked = None
+        try:
+            spec = estimator.make_spec([(self._input_width(features),)])
+        except Exception:
+            raise ModelCreationFailed(traceback.format_exc()) from None
+        spec_path = layout.model_spec(self.name, model_id)
+        ckpt = layout.checkpoint(self.name, model_id, 0, 0)
+        self.store.write_bytes(spec_path, pickle.dumps(spec))
+        self.store.write_bytes(ckpt, spec.initial_state)
+        return ModelInit(spec_path, ckpt, hashlib.sha256(spec.initial_state).hexdigest(),
+                         {"features": features} if features else {})
+
+    def exploit(self, plan: ExploitPlan, params: dict[str, Any]) -> ModelInit:
+        """PBT: the target continues from the source's committed epoch-boundary state with ``params``."""
+        from ..frameworks.keras import seed_model_creation, transfer_learning_rate
+
+        assert self._build is not None, "bind() first"
+        seed_model_creation(exploit_init_seed(self.seed, plan.target_index, plan.spec_version))
+        estimator, _ = self._build(dict(params))
+        spec = estimator.make_spec([(self._input_width(plan.features),)])
+        source_spec = pickle.loads(self.store.read_bytes(plan.source_spec))
+        if spec.arch_key != source_spec.arch_key:
+            raise CerebroError(
+                f"exploit of {plan.source} into {plan.target} with params {params}: these parameters change "
+                "the model's architecture or optimizer configuration, so the source's state cannot be copied; "
+                "mutate only parameters that keep it (learning rate, batch size, ...)"
+            )
+        state = transfer_learning_rate(read_checkpoint(self.store, plan.source_checkpoint, plan.source_checksum),
+                                       spec.initial_state)
+        spec_path = layout.model_spec(self.name, plan.target, plan.spec_version)
+        ckpt = layout.checkpoint(self.name, plan.target, plan.next_epoch, 0, plan.spec_version)
+        self.store.write_bytes(spec_path, pickle.dumps(spec))
+        self.store.write_bytes(ckpt, state)
+        return ModelInit(spec_path, ckpt, hashlib.sha256(state).hexdigest())
+
+    # ------------------------------------------------------------------ retention
+
+    def remove_orphans(self, state: ExperimentState) -> None:
+        """Checkpoints written by visits that never committed (in flight at a crash) go: the
+        same keep-set rule as the live engine's (:meth:`ExperimentState.kept_checkpoints`)."""
+        keep = state.kept_checkpoints()
+        for model_id in state.models:
+            ckpt_dir = layout.checkpoint_dir(self.name, model_id)
+            for fname in self.store.listdir(ckpt_dir):
+                path = f"{ckpt_dir}/{fname}"
+                if path not in keep:
+                    self.store.delete(path)
+
+    # ------------------------------------------------------------------ the result
+
+    def result(self, outcome: EngineOutcome, metric: str, mode: str, provenance: Mapping[str, Any]):
+        """The :class:`~cerebro.result.ModelSelectionResult` of a finished run; writes
+        ``history.csv``, ``visits.csv`` and ``evaluations.csv`` beside the journal."""
+        from ..result import ModelSelectionResult, TrainedModel
+
+        prepared = self.prepared
+        params_cols = sorted({k for m in outcome.models.values() for k in m.params})
+        history = pd.DataFrame([{k: v for k, v in row.items() if k != "__params"} for row in outcome.history])
+        if history.empty:
+            history = pd.DataFrame(columns=["model_id", "epoch"])
+        # Each epoch's own parameters (PBT changes them mid-run).
+        for col in params_cols:
+            history[f"param_{col}"] = [row.get("__params", outcome.models[row["model_id"]].params).get(col)
+                                       for row in outcome.history]
+        # Rows in (model, epoch) order, whatever order the epochs finished in.
+        history = history.sort_values(["model_id", "epoch"], kind="stable").reset_index(drop=True)
+        visits = pd.DataFrame(outcome.visits, columns=list(VISIT_COLUMNS))
+        evaluations = pd.DataFrame(outcome.evaluations, columns=visits.columns)
+        models: dict[str, TrainedModel] = {}
+        for mid, rec in outcome.models.items():
+            models[mid] = TrainedModel(
+                model_id=mid, params=rec.params,
+                history=history[history["model_id"] == mid].reset_index(drop=True),
+                feature_columns=tuple(rec.task_extra.get("features") or prepared.feature_columns),
+                label_columns=prepared.label_columns, status=rec.status,
+                provenance={"experiment": self.name, "data_hash": prepared.data_hash, "data_key": prepared.key,
+                            "store": self.store.url, **provenance, "index": rec.index,
+                            "visit_order": [(v["epoch"], v["partition"]) for v in outcome.visits
+                                            if v["model_id"] == mid and v["status"] == "ok"]},
+                _store=self.store, _spec_path=rec.spec_path or None, _checkpoint=rec.checkpoint or None,
+                _checksum=rec.checksum,
+            )
+        candidates = []
+        for mid, rec in outcome.models.items():
+            h = models[mid].history
+            if rec.status != "failed" and len(h) and metric in h.columns:
+                candidates.append((mid, float(h[metric].iloc[-1]), rec.index))
+        best = best_of(candidates, mode)
+        if best is None:
+            detail = "\n\n".join(f"{m}:\n{tb}" for m, tb in list(outcome.failures.items())[:3])
+            raise CerebroError(f"no configuration could train ({len(outcome.failures)} failed). First failures:\n{detail}")
+        # Tables next to the journal, for people and tools that read the store directly.
+        self.store.write_bytes(layout.table(self.name, "history"), history.to_csv(index=False).encode())
+        self.store.write_bytes(layout.table(self.name, "visits"), visits.to_csv(index=False).encode())
+        self.store.write_bytes(layout.table(self.name, "evaluations"), evaluations.to_csv(index=False).encode())
+        checkpoint_bytes = sum(self.store.size(layout.checkpoint_dir(self.name, m)) for m in outcome.models)
+        log.info("experiment %s: %d checkpoints bytes kept in the store", self.name, checkpoint_bytes)
+        return ModelSelectionResult(
+            best_model_id=best[0], best_params=dict(outcome.models[best[0]].params), best_score=best[1],
+            models=models, history=history, visits=visits, failures=dict(outcome.failures),
+            experiment_dir=self.store.local_path(self.dir) or f"{self.store.url}/{self.dir}",
+            evaluation_metric=metric, mode=mode, evaluations=evaluations,
+            best_checkpoint=outcome.best_checkpoint, checkpoint_bytes=checkpoint_bytes,
+        )
