@@ -148,23 +148,6 @@ class Engine:
         self._deaths: dict[int, int] = {}
         self._building: set[int] = set()   # indices a running _fill is building
 
-    # The committed state, under the names callers used before the state had its own class.
-    @property
-    def models(self) -> dict[str, ModelState]:
-        return self.state.models
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.state.history
-
-    @property
-    def visits(self) -> list[dict[str, Any]]:
-        return self.state.visits
-
-    @property
-    def best(self) -> dict[str, Any] | None:
-        return self.state.best
-
     # ------------------------------------------------------------------ public
 
     def run(self) -> EngineOutcome:
