@@ -19,6 +19,7 @@ from typing import Any
 from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
 from .channel import WorkerChannels
 from .._checks import check_int
+from ..storage import layout
 from ..experiment.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process (also used by tests).  Returns when the pipe closes."""
     if setup.log_dir:
         os.makedirs(setup.log_dir, exist_ok=True)
-        fd = os.open(os.path.join(setup.log_dir, f"worker-{worker}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(os.path.join(setup.log_dir, layout.file_name(layout.worker_log(worker))), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)

@@ -36,8 +36,8 @@ from __future__ import annotations
 import heapq
 from typing import Union
 
-import numpy as np
 
+from cerebro._checks import is_int
 from cerebro.core.seeds import epoch_partition_order
 from cerebro.errors import CerebroError
 
@@ -152,13 +152,13 @@ class MOPScheduler:
     """
 
     def __init__(self, num_partitions: int, *, mode: str = "dynamic", seed: int = 0, max_retries: int = 2) -> None:
-        if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)) or num_partitions < 1:
+        if not is_int(num_partitions) or num_partitions < 1:
             raise ValueError(f"num_partitions must be an integer >= 1, got {num_partitions!r}")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, (int, np.integer)) or max_retries < 0:
+        if not is_int(max_retries) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_int(seed) or seed < 0:
             # numpy's SeedSequence rejects negative entropy; fail here rather than at ModelAdded.
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.num_partitions = int(num_partitions)
@@ -221,7 +221,7 @@ class MOPScheduler:
         Deterministic mode follows it; in dynamic mode it is still defined but not followed.
         """
         m = self._model(model_id)
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 1:
+        if not is_int(epoch) or epoch < 1:
             raise SchedulerError(f"epoch must be an integer >= 1, got {epoch!r}")
         if m.order is not None and epoch == m.epoch:
             return m.order
@@ -402,7 +402,7 @@ class MOPScheduler:
         p = self.num_partitions
         if ev.status not in ("running", "awaiting", "ended", "failed"):
             raise SchedulerError(f"model {ev.model_id!r} restored with unknown status {ev.status!r}")
-        if isinstance(ev.epoch, bool) or not isinstance(ev.epoch, (int, np.integer)) or ev.epoch < 1:
+        if not is_int(ev.epoch) or ev.epoch < 1:
             raise SchedulerError(f"model {ev.model_id!r} restored with epoch {ev.epoch!r}; expected an integer >= 1")
         for what, parts in (("trained", ev.trained), ("evaluated", ev.evaluated)):
             if len(set(parts)) != len(parts) or any(not 0 <= q < p for q in parts):
@@ -446,7 +446,7 @@ class MOPScheduler:
         if ev.model_id in self._models:
             raise SchedulerError(f"model {ev.model_id!r} added twice")
         index = ev.index
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        if not is_int(index) or index < 0:
             raise SchedulerError(f"model {ev.model_id!r}: index must be an integer >= 0, got {index!r}")
         if index > _INDEX_MASK:
             raise SchedulerError(f"model {ev.model_id!r}: index {index} too large (max {_INDEX_MASK})")
@@ -661,7 +661,7 @@ class MOPScheduler:
             raise SchedulerError(f"unknown model {model_id!r}") from None
 
     def _worker(self, worker: int) -> int:
-        if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)) or not 0 <= worker < self.num_partitions:
+        if not is_int(worker) or not 0 <= worker < self.num_partitions:
             raise SchedulerError(f"worker {worker!r} out of range 0..{self.num_partitions - 1}")
         return int(worker)
 

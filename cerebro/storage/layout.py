@@ -46,6 +46,7 @@ __all__ = [
     "lock",
     "table",
     "logs_dir",
+    "worker_log",
     "file_name",
     "split_experiment_path",
 ]
@@ -164,6 +165,11 @@ def lock(exp: str) -> str:
 def table(exp: str, kind: str) -> str:
     """A result table of an experiment: ``experiments/<exp>/<kind>.csv``, ``kind`` one of :data:`TABLES`."""
     return f"{experiment_dir(exp)}/{check_choice('layout.table', 'kind', kind, TABLES)}.csv"
+
+
+def worker_log(worker: int) -> str:
+    """The output of worker process ``worker``: ``logs/worker-3.log``."""
+    return f"{logs_dir()}/worker-{check_int('layout.worker_log', 'worker', worker, minimum=0)}.log"
 
 
 def logs_dir() -> str:
