@@ -159,7 +159,7 @@ def test_worker_killed_mid_sub_epoch(grid_result, backend, store, df):
                 pid = backend.worker_pids().get(1)
                 if pid:
                     os.kill(pid, signal.SIGKILL)
-                    killed["task"] = task
+                    killed["task"] = {"model_id": task.model_id, "epoch": task.epoch}
                     return
             time.sleep(0.002)
 
