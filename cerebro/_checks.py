@@ -37,8 +37,10 @@ def param_error(owner: str, name: str, expected: str, value: Any, exc: type[Exce
 
 
 def check_int(owner: str, name: str, value: Any, minimum: int | None = 1, maximum: int | None = None,
-              expected: str | None = None) -> int:
-    """``value`` as an int, if it is one within [minimum, maximum]; else the standard ValueError."""
+              expected: str | None = None, type_error: type[Exception] = ValueError) -> int:
+    """``value`` as an int, if it is one within [minimum, maximum]; else the standard ValueError
+    (``type_error`` for a value that is not an int at all, e.g. TypeError where a caller's
+    contract separates the two)."""
     if expected is None:
         if minimum is not None and maximum is not None:
             expected = f"an int in [{minimum}, {maximum}]"
@@ -48,7 +50,9 @@ def check_int(owner: str, name: str, value: Any, minimum: int | None = 1, maximu
             expected = f"an int <= {maximum}"
         else:
             expected = "an int"
-    if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if not is_int(value):
+        raise param_error(owner, name, expected, value, type_error)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise param_error(owner, name, expected, value)
     return int(value)
 

@@ -29,8 +29,8 @@ from .storage import layout
 __all__ = ["plot_gantt", "load_experiment", "write_report", "best_model", "summarize"]
 
 # The names of an experiment directory's files, from the store layout (one place for every name).
-EXPERIMENT_FILE = layout.file_name(layout.experiment_file("x"))
-HISTORY_FILE, VISITS_FILE, EVALUATIONS_FILE = (layout.file_name(layout.table("x", t)) for t in layout.TABLES)
+EXPERIMENT_FILE = layout.EXPERIMENT_FILE
+HISTORY_FILE, VISITS_FILE, EVALUATIONS_FILE = (layout.table_file(t) for t in layout.TABLES)
 GANTT_FILE = "gantt.png"
 REPORT_FILE = "report.html"
 

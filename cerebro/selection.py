@@ -189,7 +189,7 @@ class ModelSelection:
             raise ValueError(f"resume=True needs the 'experiment_name' of the interrupted experiment ({self._owner}).")
         name = self.experiment_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         workspace = ExperimentWorkspace.open(store, name, resume, self.backend.num_workers)
-        prepared = self._prepare(df, store, args, workspace.metadata())
+        prepared = self._prepare(df, store, args, workspace.meta)
         workspace.bind(prepared, self.seed, self.evaluation_metric, lambda params: self._build_estimator(params, prepared))
         metric = "val_" + strip_prefix(self.evaluation_metric)
         mode = args["mode"]

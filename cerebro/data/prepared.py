@@ -26,7 +26,8 @@ from cerebro.errors import CerebroError
 from cerebro.storage import layout
 from cerebro.storage.base import Store
 
-from .rules import PrepareRequest, check_int_arg
+from .._checks import check_int
+from .rules import PrepareRequest
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow as pa
@@ -323,7 +324,7 @@ def load_partition(store: Store, prepared: PreparedData, split: str, partition: 
 
     if split not in layout.SPLITS:
         raise ValueError(f"split must be one of {layout.SPLITS}; got {split!r}")
-    partition = check_int_arg(partition, "partition", minimum=0)
+    partition = check_int("load_partition", "partition", partition, minimum=0)
     if partition >= prepared.num_partitions:
         raise ValueError(
             f"partition must be in [0, {prepared.num_partitions}) for data {prepared.key}; got {partition}"

@@ -18,12 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cerebro._checks import check_int
 from cerebro.storage.base import Store
 
 __all__ = [
     "PrepareRequest",
     "bad_rows_error",
-    "check_int_arg",
     "check_known",
     "check_request",
     "check_split",
@@ -107,17 +107,6 @@ def _check_columns_arg(value: Any, argname: str) -> tuple[str, ...]:
     return cols
 
 
-def check_int_arg(value: Any, argname: str, minimum: int | None = None) -> int:
-    """``value`` as an int (bools refused), at least ``minimum``; ValueError naming ``argname`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        expected = f"an int >= {minimum}" if minimum is not None else "an int"
-        raise ValueError(f"{argname} must be {expected}; got {value!r} of type {type(value).__name__}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{argname} must be an int >= {minimum}; got {value}")
-    return value
-
-
 def _check_validation_arg(
     validation: Any, features: tuple[str, ...], labels: tuple[str, ...]
 ) -> tuple[float | None, str | None]:
@@ -161,8 +150,8 @@ def check_request(
             f"column {both[0]!r} is in both feature_columns and label_columns; a column is either a model "
             "input or an output"
         )
-    num_partitions = check_int_arg(num_partitions, "num_partitions", minimum=1)
-    seed = check_int_arg(seed, "seed")
+    num_partitions = check_int("prepare_data", "num_partitions", num_partitions)
+    seed = check_int("prepare_data", "seed", seed, minimum=None)
     fraction, val_column = _check_validation_arg(validation, features, labels)
     if not isinstance(store, Store):
         raise TypeError(f"store must be a cerebro Store (e.g. LocalStore(path)); got {type(store).__name__}")

@@ -14,19 +14,12 @@ import math
 import statistics
 from typing import Any, Mapping
 
-from .._checks import check_int, check_type, is_int, param_error
+from .._checks import check_int, check_type, param_error
 from .base import Action, Exploit, SearchDriver, Stop
 
 __all__ = ["MedianStopping", "EarlyStoppingDriver", "EARLY_STOP_REASON"]
 
 EARLY_STOP_REASON = "early stopped by the median rule"
-
-
-def _int_arg(name: str, value: Any, minimum: int) -> int:
-    """An int >= ``minimum``: TypeError for a non-int, ValueError below ``minimum``."""
-    if not is_int(value):
-        raise param_error("MedianStopping", name, "an int", value, TypeError)
-    return check_int("MedianStopping", name, value, minimum=minimum)
 
 
 def _loss(value: float, mode: str) -> float:
@@ -56,8 +49,8 @@ class MedianStopping:
     """
 
     def __init__(self, grace_epochs: int = 1, min_models: int = 3) -> None:
-        self.grace_epochs = _int_arg("grace_epochs", grace_epochs, 0)
-        self.min_models = _int_arg("min_models", min_models, 1)
+        self.grace_epochs = check_int("MedianStopping", "grace_epochs", grace_epochs, minimum=0, type_error=TypeError)
+        self.min_models = check_int("MedianStopping", "min_models", min_models, minimum=1, type_error=TypeError)
         self._values: dict[str, dict[int, float]] = {}          # model -> epoch -> raw value
         self._best: dict[str, dict[str, dict[int, float]]] = {}  # mode -> model -> epoch -> best loss so far
 

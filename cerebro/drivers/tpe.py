@@ -16,22 +16,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from .._checks import check_int, is_int, param_error
+from .._checks import check_int
 from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform
 from .base import Continue, Decision, SearchDriver, Stop
 
 __all__ = ["TPEDriver", "hyperopt_space"]
 
 _SEED_HIGH = 2**31 - 1
-
-
-def _positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    """An int >= 1 (or None if ``allow_none``): TypeError for a non-int, ValueError below 1."""
-    if value is None and allow_none:
-        return None
-    if not is_int(value):
-        raise param_error("TPEDriver", name, "an int", value, TypeError)
-    return check_int("TPEDriver", name, value, minimum=1)
 
 
 def hyperopt_space(space: Mapping[str, Dimension]) -> dict[str, Any]:
@@ -126,9 +117,9 @@ class TPEDriver(SearchDriver):
     def __init__(self, num_models: int, num_epochs: int, parallelism: int | None = None, *,
                  n_startup_jobs: int | None = None) -> None:
         super().__init__()
-        self.num_models = _positive_int("num_models", num_models)
-        self.num_epochs = _positive_int("num_epochs", num_epochs)
-        self.parallelism = _positive_int("parallelism", parallelism, allow_none=True)
+        self.num_models = check_int("TPEDriver", "num_models", num_models, type_error=TypeError)
+        self.num_epochs = check_int("TPEDriver", "num_epochs", num_epochs, type_error=TypeError)
+        self.parallelism = None if parallelism is None else check_int("TPEDriver", "parallelism", parallelism, type_error=TypeError)
         if n_startup_jobs is not None:
             n_startup_jobs = check_int("TPEDriver", "n_startup_jobs", n_startup_jobs, minimum=0,
                                        expected="an int >= 0 or None")

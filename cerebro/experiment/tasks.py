@@ -8,7 +8,6 @@ and name no framework: the worker reads the model's spec from ``spec`` in the st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,4 +37,3 @@ class TaskResult:
     checkpoint: str | None = None   # train: the state written (the task's ``out``)
     checksum: str | None = None     # its sha256
     timing: dict[str, float] = field(default_factory=dict)   # "load", "compute", "save" seconds
-    extra: dict[str, Any] = field(default_factory=dict)      # room for backends' own figures

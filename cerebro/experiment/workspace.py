@@ -49,8 +49,10 @@ class ExperimentWorkspace:
     refused before any training.
     """
 
-    def __init__(self, store: Store, name: str, records: list[dict[str, Any]], resume: bool) -> None:
+    def __init__(self, store: Store, name: str, records: list[dict[str, Any]], resume: bool,
+                 meta: dict[str, Any] | None = None) -> None:
         self.store = store
+        self.meta = meta                   # experiment.json of a resumed run (None for a new one)
         self.name = name
         self.dir = layout.experiment_dir(name)
         self.records = records
@@ -71,6 +73,7 @@ class ExperimentWorkspace:
         exp_dir = layout.experiment_dir(name)
         exists = store.exists(exp_dir)
         records = read_journal(store, name) if exists else []
+        meta = None
         if resume:
             state = journal_state(records)
             if state == "new":
@@ -88,11 +91,7 @@ class ExperimentWorkspace:
                 f"experiment {name!r} already exists in the store ({store.url}/{exp_dir}); choose another "
                 "experiment_name, or pass resume=True to continue an interrupted run"
             )
-        return cls(store, name, records, resume)
-
-    def metadata(self) -> dict[str, Any] | None:
-        """``experiment.json`` of a resumed run (None for a new one)."""
-        return self.store.read_json(layout.experiment_file(self.name)) if self.resume else None
+        return cls(store, name, records, resume, meta)
 
     def bind(self, prepared: Any, seed: int, evaluation_metric: str,
              build: Callable[[dict[str, Any]], tuple[Any, list[str] | None]]) -> None:

@@ -45,6 +45,8 @@ __all__ = [
     "search_file",
     "lock",
     "table",
+    "table_file",
+    "EXPERIMENT_FILE",
     "logs_dir",
     "worker_log",
     "file_name",
@@ -54,6 +56,7 @@ __all__ = [
 SPLITS = ("train", "val")
 TABLES = ("history", "visits", "evaluations")
 # Names inside an experiment's directory (used through a local path, for local stores).
+EXPERIMENT_FILE = "experiment.json"
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_STATE_FILE = "mlflow.json"
 
@@ -149,7 +152,7 @@ def journal(exp: str) -> str:
 
 def experiment_file(exp: str) -> str:
     """Metadata of an experiment (arguments, data key, start time): ``experiments/<exp>/experiment.json``."""
-    return f"{experiment_dir(exp)}/experiment.json"
+    return f"{experiment_dir(exp)}/{EXPERIMENT_FILE}"
 
 
 def search_file(exp: str) -> str:
@@ -162,9 +165,14 @@ def lock(exp: str) -> str:
     return f"{experiment_dir(exp)}/LOCK"
 
 
+def table_file(kind: str) -> str:
+    """File name of a result table: ``<kind>.csv``, ``kind`` one of :data:`TABLES`."""
+    return f"{check_choice('layout.table', 'kind', kind, TABLES)}.csv"
+
+
 def table(exp: str, kind: str) -> str:
     """A result table of an experiment: ``experiments/<exp>/<kind>.csv``, ``kind`` one of :data:`TABLES`."""
-    return f"{experiment_dir(exp)}/{check_choice('layout.table', 'kind', kind, TABLES)}.csv"
+    return f"{experiment_dir(exp)}/{table_file(kind)}"
 
 
 def worker_log(worker: int) -> str:

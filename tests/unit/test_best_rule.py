@@ -56,7 +56,7 @@ def test_live_progress_uses_the_rule():
     for i in (1, 0, 2):   # added out of id order: ties go by creation index
         progress("model_added", {"model_id": f"model_00{i}", "params": {}, "index": i})
     progress("epoch", {"model_id": "model_002", "epoch": 1, "metrics": {"val_accuracy": NAN}})
-    assert progress.best == (NAN, "model_002") or math.isnan(progress.best[0])
+    assert progress.best[1] == "model_002" and math.isnan(progress.best[0])   # a NaN only while nothing else scored
     progress("epoch", {"model_id": "model_001", "epoch": 1, "metrics": {"val_accuracy": 0.7}})
     progress("epoch", {"model_id": "model_000", "epoch": 1, "metrics": {"val_accuracy": 0.7}})
     assert progress.best == (0.7, "model_000")
