@@ -538,11 +538,27 @@ def test_estimator_and_spec_pickle_roundtrip(chunks):
     np.testing.assert_array_equal(exported.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
-def test_local_functions_are_refused_at_make_spec():
-    def local_metric(y_true, y_pred):
-        return keras.ops.mean(y_pred, axis=-1)
+def test_local_functions_ship_by_value_and_unpicklable_ones_are_refused_at_make_spec(chunks):
+    import threading
+
+    scale = 2.0
+
+    def local_metric(y_true, y_pred):  # a closure over a local: cloudpickle ships it by value
+        return keras.ops.mean(y_pred, axis=-1) * scale
 
     est = ck.KerasEstimator(mlp(), "adam", "sparse_categorical_crossentropy", [local_metric])
+    spec = pickle.loads(pickle.dumps(est.make_spec([(64,)])))
+    model = ck.ModelCache().load(spec, "m", "0", spec.initial_state)
+    result = ck.train_sub_epoch(model, *chunks[0], batch_size=spec.batch_size, seed=0)
+    assert result["local_metric"] == pytest.approx(0.2, rel=1e-3)  # softmax rows: mean 0.1, times 2
+
+    lock = threading.Lock()
+
+    def locked_metric(y_true, y_pred):
+        with lock:
+            return keras.ops.mean(y_pred, axis=-1)
+
+    est = ck.KerasEstimator(mlp(), "adam", "sparse_categorical_crossentropy", [locked_metric])
     with pytest.raises(CerebroError, match="cannot be sent to worker processes"):
         est.make_spec([(64,)])
 

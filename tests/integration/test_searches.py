@@ -12,6 +12,7 @@ from cerebro import (
     hp_choice, hp_loguniform, hp_quniform,
 )
 from cerebro.frameworks import keras as kf
+from cerebro.frameworks.keras.state import unpack
 from cerebro.experiment.journal import read_journal
 
 pytestmark = pytest.mark.slow
@@ -107,8 +108,8 @@ def test_pbt_exploit_copies_the_source_weights(backend, tmp_path, df):
                 if a["action"] == "exploit"]
     assert exploits, "PBT never exploited"
     for e in exploits:
-        _, src_w, src_opt = kf._unpack(store.read_bytes(e["source_checkpoint"]))
-        hdr, dst_w, dst_opt = kf._unpack(store.read_bytes(e["checkpoint"]))
+        _, src_w, src_opt = unpack(store.read_bytes(e["source_checkpoint"]))
+        hdr, dst_w, dst_opt = unpack(store.read_bytes(e["checkpoint"]))
         for a, b in zip(src_w, dst_w):
             np.testing.assert_array_equal(a, b)
         lr_index = [i for i, entry in enumerate(hdr["optimizer"]) if entry[0].endswith("learning_rate")][0]
