@@ -16,7 +16,6 @@ from .errors import CerebroError
 
 _META = "cerebro.json"
 _SPEC = "spec.pkl"
-_KERAS = "model.keras"
 
 
 def frame_features(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -41,8 +40,9 @@ def frame_features(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, np.nda
 class TrainedModel:
     """One trained configuration: its parameters, history and final state.
 
-    The Keras model is rebuilt lazily (``keras()``) from the spec and the last committed
-    checkpoint in the store, or comes from a saved directory (``load_model``).
+    The model is rebuilt lazily (``model()``, ``keras()``, ``torch()``) by its framework adapter
+    from the spec and the last committed checkpoint in the store, or comes from a saved
+    directory (``load_model``).
     """
 
     model_id: str
@@ -60,37 +60,68 @@ class TrainedModel:
     _model: Any = field(default=None, repr=False)
 
     def spec(self):
+        """The model's spec (what its framework adapter needs to rebuild it)."""
         if self._spec is None:
             if self._store is None or not self._spec_path:
                 raise CerebroError(f"model {self.model_id} has no stored spec (it failed before it was built)")
             self._spec = pickle.loads(self._store.read_bytes(self._spec_path))
         return self._spec
 
-    def keras(self):
-        """The trained ``keras.Model`` (compiled, with the final weights and optimizer state)."""
-        if self._model is None:
-            from .frameworks.keras import export_model
+    @property
+    def framework(self) -> str:
+        """``"keras"`` or ``"torch"``."""
+        return self.spec().framework
 
+    def _framework(self):
+        from .frameworks.base import framework_of
+
+        return framework_of(self.spec())
+
+    def adapter_model(self):
+        """The framework adapter's object holding this model (built once, from the last committed
+        checkpoint): what :class:`cerebro.frameworks.base.Framework` methods take."""
+        if self._model is None:
             if not self._checkpoint:
                 raise CerebroError(f"model {self.model_id} has no checkpoint (status: {self.status})")
             from .worker import read_checkpoint
 
-            self._model = export_model(self.spec(), read_checkpoint(self._store, self._checkpoint, self._checksum))
+            self._model = self._framework().export(self.spec(), read_checkpoint(self._store, self._checkpoint, self._checksum))
         return self._model
 
-    def _inputs(self, features: Any):
-        from .frameworks.keras import make_inputs
+    def model(self):
+        """The trained model in its framework's own type: a ``keras.Model`` or a ``torch.nn.Module``
+        (with the final weights; a Keras model is compiled with its optimizer state)."""
+        return self._framework().user_model(self.adapter_model())
 
-        model = self.keras()
+    def _as(self, framework: str):
+        if self.framework != framework:
+            raise CerebroError(
+                f"model {self.model_id} is a {self.framework} model; use .{self.framework}() or .model() to get it"
+            )
+        return self.model()
+
+    def keras(self):
+        """The trained ``keras.Model`` (compiled, with the final weights and optimizer state)."""
+        return self._as("keras")
+
+    def torch(self):
+        """The trained ``torch.nn.Module`` (with the final weights)."""
+        return self._as("torch")
+
+    def _inputs(self, features: Any):
+        fw = self._framework()
         if isinstance(features, pd.DataFrame):
-            return make_inputs(model, frame_features(features, self.feature_columns), list(self.feature_columns))
+            return fw.make_inputs(self.spec(), frame_features(features, self.feature_columns), list(self.feature_columns))
         if isinstance(features, Mapping):
-            return make_inputs(model, {k: np.asarray(v, dtype=np.float32) for k, v in features.items()}, list(self.feature_columns))
+            columns = {k: np.asarray(v, dtype=np.float32) for k, v in features.items()}
+            return fw.make_inputs(self.spec(), columns, list(self.feature_columns))
         return features
 
     def predict(self, features: Any, batch_size: int = 1024):
-        """Model outputs for a pandas DataFrame (feature columns), a dict of columns, or arrays."""
-        return self.keras().predict(self._inputs(features), batch_size=batch_size, verbose=0)
+        """Model outputs for a pandas DataFrame (feature columns), a dict of columns, or the
+        model's own input arrays: one numpy array, or a list of arrays for several outputs."""
+        outputs = self._framework().predict(self.adapter_model(), self._inputs(features), batch_size=batch_size)
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def transform(self, df):
         """``df`` with one ``<label>__output`` column per model output (the model's predictions).
@@ -126,29 +157,30 @@ class TrainedModel:
         return out
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the Keras model (``model.keras``), its spec and the provenance to directory ``path``."""
-        import keras
-
+        """Write the model (Keras: ``model.keras``; torch: ``state.pt``), its spec and the
+        provenance to directory ``path``; :func:`load_model` reads it back."""
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        self.keras().save(os.path.join(path, _KERAS))
+        versions = self._framework().save(self.adapter_model(), self.spec(), path)
         with open(os.path.join(path, _SPEC), "wb") as fh:
             pickle.dump(self.spec(), fh)
         meta = {
-            "model_id": self.model_id, "params": self.params, "status": self.status,
+            "model_id": self.model_id, "params": self.params, "status": self.status, "framework": self.framework,
             "feature_columns": list(self.feature_columns), "label_columns": list(self.label_columns),
             "history": self.history.to_dict(orient="records"),
-            "provenance": {**self.provenance, "keras": keras.__version__, "numpy": np.__version__,
-                           "python": platform.python_version()},
+            "provenance": {**self.provenance, **versions, "numpy": np.__version__, "python": platform.python_version()},
         }
         with open(os.path.join(path, _META), "w") as fh:
             json.dump(meta, fh, indent=1, default=repr)
         return path
 
 
-def load_model(path: str | os.PathLike) -> TrainedModel:
-    """Read back a model written by :meth:`TrainedModel.save`."""
-    import keras
+def load_model(path: str | os.PathLike, custom_objects: Mapping[str, Any] | None = None) -> TrainedModel:
+    """Read back a model written by :meth:`TrainedModel.save` (Keras or torch).
+
+    ``custom_objects`` (Keras) adds to the custom objects the model was built with.
+    """
+    from .frameworks.base import framework_of
 
     path = os.fspath(path)
     meta_path = os.path.join(path, _META)
@@ -158,8 +190,7 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
         meta = json.load(fh)
     with open(os.path.join(path, _SPEC), "rb") as fh:
         spec = pickle.load(fh)
-    custom = getattr(spec, "custom_objects", None) or None
-    model = keras.models.load_model(os.path.join(path, _KERAS), custom_objects=custom)
+    model = framework_of(spec).load(spec, path, custom_objects)
     return TrainedModel(
         model_id=meta["model_id"], params=meta["params"], history=pd.DataFrame(meta["history"]),
         feature_columns=tuple(meta["feature_columns"]), label_columns=tuple(meta["label_columns"]),

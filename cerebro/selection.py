@@ -28,6 +28,7 @@ from .drivers.base import SearchDriver
 from .drivers.grid import GridDriver, RandomDriver
 from .experiment.engine import Engine
 from .experiment.workspace import ExperimentWorkspace
+from .frameworks.base import framework_of
 from .result import ModelSelectionResult
 from .space import hp_choice, validate_space
 from .storage import Store
@@ -127,7 +128,7 @@ class ModelSelection:
         if not isinstance(store, Store):
             raise param_error(owner, "store", "a Store or a path/URL", self.store, TypeError)
         if not callable(self.estimator_gen_fn):
-            raise param_error(owner, "estimator_gen_fn", "callable (params dict -> KerasEstimator)", self.estimator_gen_fn, TypeError)
+            raise param_error(owner, "estimator_gen_fn", "callable (params dict -> KerasEstimator or TorchEstimator)", self.estimator_gen_fn, TypeError)
         space = validate_space(self.search_space, owner=owner, grid_only=self._grid_only)
         check_int(owner, "num_epochs", self.num_epochs)
         if not isinstance(self.evaluation_metric, str) or not self.evaluation_metric:
@@ -484,18 +485,17 @@ class AblationStudy(ModelSelection):
         return GridDriver(self.num_epochs)
 
     def _build_estimator(self, params: dict[str, Any], prepared) -> tuple[Any, list[str] | None]:
-        from .frameworks.keras import ablate
-
         variant = params["ablation"]
         base = self.estimator_gen_fn(dict(self.base_params))
         if variant == "base":
             return base, None
+        fw = framework_of(base)
         kind, _, name = variant[1:].partition(":")
         if kind == "layer":
-            return ablate(base, drop_layer=name), None
+            return fw.ablate(base, drop_layer=name), None
         features = [c for c in prepared.feature_columns if c != name]
         width = sum(math.prod(prepared.feature_shapes[c]) for c in features)
-        return ablate(base, input_width=width), features
+        return fw.ablate(base, input_width=width), features
 
     def _result(self, outcome, workspace, metric, mode) -> ModelSelectionResult:
         result = super()._result(outcome, workspace, metric, mode)

@@ -2,9 +2,9 @@
 
 The model travels to the executors as bytes (its pickled spec and its state,
 the same checkpoint format as between MOP workers) in a broadcast variable.
-Each Python worker builds the compiled Keras model once, keyed by the bytes'
+Each Python worker builds the model (Keras or torch) once, keyed by the bytes'
 sha256, keeps it for later batches and tasks (``spark.python.worker.reuse``),
-and limits TensorFlow to one thread: Spark runs one task per core.
+and limits the framework to one thread: Spark runs one task per core.
 
 The feature columns reach Python through an Arrow UDF (a pandas UDF on
 pyspark < 4.1), so the other columns stay in the JVM and no row goes through
@@ -41,7 +41,7 @@ _MAX_CACHED_MODELS = 4
 #: Use Spark's Arrow UDFs when this pyspark has them (4.1+); tests switch it off to cover the fallback.
 _USE_ARROW_UDF = True
 
-# Executor side: checksum -> compiled keras.Model, per Python worker process.
+# Executor side: checksum -> (framework, spec, built model), per Python worker process.
 _MODELS: OrderedDict[str, Any] = OrderedDict()
 
 
@@ -65,15 +65,16 @@ def _model(job: _Job) -> Any:
     if model is not None:
         _MODELS.move_to_end(job.checksum)
         return model
-    from .frameworks import keras as kf
+    from .frameworks.base import framework_of
 
-    kf.limit_threads(1)
     data = _payload_bytes(job.payload)
     actual = hashlib.sha256(data).hexdigest()
     if actual != job.checksum:
         raise CerebroError(f"model bytes for transform() are corrupted: sha256 {actual[:16]}... != {job.checksum[:16]}...")
     spec, state = pickle.loads(data)
-    model = kf.export_model(spec, state)
+    fw = framework_of(spec)
+    fw.limit_threads(1)
+    model = (fw, spec, fw.export(spec, state))
     _MODELS[job.checksum] = model
     while len(_MODELS) > _MAX_CACHED_MODELS:
         _MODELS.popitem(last=False)
@@ -104,22 +105,19 @@ def _feature_values(arr: Any, name: str) -> np.ndarray:
 
 def _predict(arrays: Sequence[Any], job: _Job) -> Any:
     """The model outputs of one batch of feature columns, as an Arrow struct array ``o0, o1, ...``."""
-    from .frameworks.keras import make_inputs
-
     n = len(arrays[0])
     fields = []
     for i, width in enumerate(job.widths):
         fields.append(pa.field(f"o{i}", pa.float64() if width == 1 else pa.list_(pa.float32())))
     if n == 0:
         return pa.array([], type=pa.struct(fields))
-    model = _model(job)
+    fw, spec, model = _model(job)
     features = {name: _feature_values(arr, name) for name, arr in zip(job.columns, arrays)}
-    x = make_inputs(model, features, list(job.columns))
+    x = fw.make_inputs(spec, features, list(job.columns))
     chunks = []
     for start in range(0, n, _PREDICT_ROWS):
         part = [a[start : start + _PREDICT_ROWS] for a in x] if isinstance(x, list) else x[start : start + _PREDICT_ROWS]
-        out = model.predict_on_batch(part)
-        chunks.append([np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])])
+        chunks.append(fw.predict(model, part, batch_size=_PREDICT_ROWS))
     outputs = [np.concatenate([c[i] for c in chunks]) for i in range(len(job.widths))]
     columns = []
     for values, width in zip(outputs, job.widths):
@@ -141,21 +139,6 @@ def _predict_pandas(series: Sequence[Any], job: _Job) -> Any:
 
 
 # ---------------------------------------------------------------------------- driver side
-
-
-def _output_widths(model: Any, num_labels: int, label_columns: Sequence[str]) -> tuple[int, ...]:
-    outputs = list(getattr(model, "outputs", None) or [])
-    if len(outputs) != num_labels:
-        raise CerebroError(
-            f"the model has {len(outputs)} outputs but {num_labels} label columns {list(label_columns)}"
-        )
-    widths = []
-    for out in outputs:
-        dims = tuple(out.shape[1:])
-        if any(d is None for d in dims):
-            raise CerebroError(f"transform() on Spark needs fixed output shapes; the model has an output of shape {tuple(out.shape)}")
-        widths.append(int(np.prod(dims, dtype=np.int64)) if dims else 1)
-    return tuple(widths)
 
 
 def _check_features(df: Any, columns: Sequence[str]) -> list[Any]:
@@ -225,12 +208,18 @@ def transform_spark_dataframe(model: Any, df: Any) -> Any:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from .frameworks.keras import state_to_bytes
+    from .frameworks.base import framework_of
 
     inputs = _check_features(df, model.feature_columns)
-    keras_model = model.keras()
-    widths = _output_widths(keras_model, len(model.label_columns), model.label_columns)
-    data = pickle.dumps((model.spec(), state_to_bytes(keras_model)), protocol=pickle.HIGHEST_PROTOCOL)
+    spec = model.spec()
+    fw = framework_of(spec)
+    trained = model.adapter_model()
+    widths = fw.output_widths(trained)
+    if len(widths) != len(model.label_columns):
+        raise CerebroError(
+            f"the model has {len(widths)} outputs but {len(model.label_columns)} label columns {list(model.label_columns)}"
+        )
+    data = pickle.dumps((spec, fw.state_to_bytes(trained)), protocol=pickle.HIGHEST_PROTOCOL)
     checksum = hashlib.sha256(data).hexdigest()
     job = _Job(tuple(model.feature_columns), widths, checksum, _share(df.sparkSession, data))
     return_type = T.StructType([

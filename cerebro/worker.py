@@ -1,7 +1,7 @@
 """What one MOP worker does, whatever process or Spark task it lives in.
 
 A :class:`WorkerRuntime` owns one training and one validation partition, read once from the
-store with pyarrow and kept in memory, and a cache of compiled Keras models.  The backends
+store with pyarrow and kept in memory, and one cache of built models per framework.  The backends
 (local processes, Spark tasks, the inline test backend) only move tasks and results
 (:class:`~cerebro.experiment.tasks.Task` in, :class:`~cerebro.experiment.tasks.TaskResult` out).
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import CerebroError
 from .experiment.tasks import Task, TaskResult
+from .frameworks.base import Framework, ModelCache, get_framework
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,42 @@ def read_checkpoint(store: Any, path: str, checksum: str | None) -> bytes:
 class WorkerRuntime:
     """Runs train and eval tasks for one partition.  Created once per worker process.
 
-    Construction blocks while TensorFlow is imported and the partitions are read.
+    Construction blocks while the partitions are read and the frameworks named in
+    ``frameworks`` are imported (TensorFlow takes seconds: better at start-up than in the first
+    task).  A task whose spec names another framework imports it on first use.  The worker
+    talks to Keras or PyTorch through :class:`cerebro.frameworks.base.Framework` only.
     """
 
-    def __init__(self, store: Any, prepared: dict, partition: int, threads: int | None = None) -> None:
-        from .frameworks import keras as kf  # heavy import, once per worker process
+    def __init__(self, store: Any, prepared: dict, partition: int, threads: int | None = None,
+                 frameworks: tuple[str, ...] = ()) -> None:
         from .data import PreparedData, load_partition
 
-        kf.limit_threads(threads)
-        self._kf = kf
         self.store = store
         self.partition = partition
+        self.threads = threads
         self.prepared = PreparedData.from_dict(prepared)
         self.train = load_partition(store, self.prepared, "train", partition)
         self.val = load_partition(store, self.prepared, "val", partition)
-        self.cache = kf.ModelCache()
+        self._frameworks: dict[str, Framework] = {}
+        self._caches: dict[str, ModelCache] = {}
         self._specs: dict[str, Any] = {}
-        self._arrays: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._arrays: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        for name in frameworks:
+            self.framework(name)
+
+    def framework(self, name: str) -> Framework:
+        """The adapter ``name``, imported and thread-limited on first use in this process."""
+        fw = self._frameworks.get(name)
+        if fw is None:
+            fw = get_framework(name)
+            fw.limit_threads(self.threads)
+            self._frameworks[name] = fw
+            self._caches[name] = fw.model_cache()
+        return fw
+
+    def cache(self, name: str) -> ModelCache:
+        self.framework(name)
+        return self._caches[name]
 
     def _spec(self, path: str):
         spec = self._specs.get(path)
@@ -61,17 +81,16 @@ class WorkerRuntime:
             self._specs[path] = spec
         return spec
 
-    def _xy(self, spec, split: str, features: list[str] | None = None):
-        # Inputs depend only on the model's input/output signature and its feature columns
-        # (an ablation variant may leave one out), not on its weights.
+    def _xy(self, fw: Framework, spec, split: str, features: list[str] | None = None):
+        # Inputs depend only on the framework, the model's input/output signature and its
+        # feature columns (an ablation variant may leave one out), not on its weights.
         columns = list(features) if features else list(self.prepared.feature_columns)
-        key = (repr((spec.input_shapes, spec.num_outputs, columns)), split)
+        key = (fw.name, repr((spec.input_shapes, getattr(spec, "input_dtypes", None), spec.num_outputs, columns)), split)
         cached = self._arrays.get(key)
         if cached is None:
             part = self.train if split == "train" else self.val
-            model = self.cache.get(spec)
-            x = self._kf.make_inputs(model, part.features, columns)
-            y = self._kf.make_targets(model, part.labels, list(self.prepared.label_columns))
+            x = fw.make_inputs(spec, part.features, columns)
+            y = fw.make_targets(spec, part.labels, list(self.prepared.label_columns))
             cached = (x, y)
             self._arrays[key] = cached
         return cached
@@ -80,22 +99,29 @@ class WorkerRuntime:
         """Run one task; return its result.  Raises on failure (the backend reports the traceback)."""
         t0 = time.perf_counter()
         spec = self._spec(task.spec)
+        fw = self.framework(spec.framework)
+        cache = self._caches[fw.name]
         ckpt = task.checkpoint
-        model = self.cache.load(spec, task.model_id, ckpt, lambda: read_checkpoint(self.store, ckpt, task.checksum))
+        model = cache.load(spec, task.model_id, ckpt, lambda: read_checkpoint(self.store, ckpt, task.checksum))
         split = "train" if task.kind == "train" else "val"
-        x, y = self._xy(spec, split, task.features)
+        x, y = self._xy(fw, spec, split, task.features)
         t1 = time.perf_counter()
         if task.kind == "train":
-            metrics = self._kf.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task.seed)
+            try:
+                metrics = fw.train_sub_epoch(model, x, y, batch_size=spec.batch_size, seed=task.seed,
+                                             epoch_end=task.epoch_end)
+            except BaseException:
+                cache.invalidate(model)  # its state is half-trained: never reuse it
+                raise
             t2 = time.perf_counter()
-            state = self._kf.state_to_bytes(model)
+            state = fw.state_to_bytes(model)
             checksum = hashlib.sha256(state).hexdigest()
             self.store.write_bytes(task.out, state)
-            self.cache.note_saved(task.model_id, task.out, model)
+            cache.note_saved(task.model_id, task.out, model)
             t3 = time.perf_counter()
         else:
             rows = self.val.num_rows
-            metrics = self._kf.evaluate(model, x, y, batch_size=spec.batch_size) if rows else {"rows": 0}
+            metrics = fw.evaluate(model, x, y, batch_size=spec.batch_size) if rows else {"rows": 0}
             t2 = t3 = time.perf_counter()
             checksum = None
         rows = int(metrics.pop("rows"))

@@ -21,12 +21,15 @@ class WorkerSetup:
     ``prepared`` is :meth:`cerebro.data.PreparedData.to_dict` output (plain, picklable).
     ``threads`` bounds TensorFlow's thread pools in the worker (None: the backend decides).
     ``log_dir`` is a local directory for the workers' stdout/stderr (None: inherit).
+    ``frameworks`` are imported by each worker while it starts (a task of another framework
+    imports it on first use); they are not part of :meth:`key`, so running workers are reused.
     """
 
     store: Any
     prepared: dict
     threads: int | None = None
     log_dir: str | None = None
+    frameworks: tuple[str, ...] = ()
 
     def key(self) -> tuple:
         return (self.store.url, self.prepared["key"], self.threads)

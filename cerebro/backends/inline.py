@@ -19,7 +19,7 @@ from ..experiment.tasks import Task
 def _default_runtime(setup: WorkerSetup, worker: int):
     from ..worker import WorkerRuntime
 
-    return WorkerRuntime(setup.store, setup.prepared, worker, setup.threads)
+    return WorkerRuntime(setup.store, setup.prepared, worker, setup.threads, setup.frameworks)
 
 
 class InlineBackend(Backend):

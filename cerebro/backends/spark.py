@@ -321,7 +321,7 @@ class SparkBackend(Backend):
 
     def start(self, setup: WorkerSetup) -> None:
         # Spark executors have their own log files; the driver's log_dir may not exist there.
-        setup = WorkerSetup(setup.store, setup.prepared, setup.threads or self.threads, None)
+        setup = WorkerSetup(setup.store, setup.prepared, setup.threads or self.threads, None, setup.frameworks)
         reusable = (
             self._setup is not None and self._setup.key() == setup.key() and self._stage_alive
             and not self._ch.busy and len(self._ch.ready) == self.num_workers

@@ -313,8 +313,12 @@ def publish(store: Store, prepared: PreparedData, write_files: Callable[[str], N
 # ---------------------------------------------------------------------------- load
 
 
-def load_partition(store: Store, prepared: PreparedData, split: str, partition: int) -> PartitionData:
+def load_partition(store: Store, prepared: PreparedData, split: str, partition: int,
+                   max_rows: int | None = None) -> PartitionData:
     """Read one split of one partition into memory (rows in the stored hash order).
+
+    ``max_rows`` reads only the first rows (the driver's sample for checking a model against
+    the data before training), without reading the rest of the file.
 
     Called by a worker once per experiment for its own partitions; blocks on
     I/O; read-only and idempotent. Raises ``ValueError`` for a bad ``split`` or
@@ -337,7 +341,16 @@ def load_partition(store: Store, prepared: PreparedData, split: str, partition: 
         )
     fs, root = store.arrow_filesystem()
     names = list(prepared.feature_columns) + list(prepared.label_columns)
-    table = pq.read_table(f"{root}/{path}", filesystem=fs, columns=names, use_threads=True)
+    if max_rows is None:
+        table = pq.read_table(f"{root}/{path}", filesystem=fs, columns=names, use_threads=True)
+    else:
+        import pyarrow as pa
+
+        with fs.open_input_file(f"{root}/{path}") as fh:
+            parquet = pq.ParquetFile(fh)
+            first = next(parquet.iter_batches(batch_size=max_rows, columns=names), None)
+            table = (pa.Table.from_batches([first]) if first is not None
+                     else parquet.schema_arrow.empty_table().select(names))
     n = table.num_rows
     features = {
         c: _to_numpy(table.column(c), prepared.feature_shapes[c], np.dtype(np.float32), n)

@@ -59,6 +59,7 @@ class ModelInit:
     checkpoint: str
     checksum: str | None = None
     task_extra: dict[str, Any] = field(default_factory=dict)   # e.g. {"features": [...]} for every task
+    framework: str | None = None   # the model's framework ("keras", "torch"): workers import it at start
 
 
 class Workspace(Protocol):
@@ -147,6 +148,7 @@ class Engine:
         self._starting: dict[int, float] = {}
         self._deaths: dict[int, int] = {}
         self._building: set[int] = set()   # indices a running _fill is building
+        self._frameworks: set[str] = set()  # frameworks of the models this run created
 
     # ------------------------------------------------------------------ public
 
@@ -160,7 +162,8 @@ class Engine:
         # Models are created first: a configuration problem that concerns every model (say an
         # evaluation metric they do not compute) is refused before any worker starts.
         self._fill()
-        self.backend.start(self.setup)
+        # Workers import the frameworks of the models created so far while they start.
+        self.backend.start(replace(self.setup, frameworks=tuple(sorted(self._frameworks))))
         try:
             now = self.clock()
             self._starting = {w: now for w in range(self.num_workers)}
@@ -278,6 +281,8 @@ class Engine:
                     self._driver_reacts(self.driver.on_model_failed(None, dict(params), exc.traceback_text))
                     self._check_failures(exc.traceback_text)
                     continue
+                if init.framework:
+                    self._frameworks.add(init.framework)
                 self.driver.on_model_added(model_id, dict(params))
                 self._commit(ModelCreation(model_id, index, dict(params), init.spec_path, init.checkpoint, init.checksum,
                                            dict(init.task_extra), time=self.clock()))
@@ -418,7 +423,8 @@ class Engine:
         )
         if isinstance(cmd, TrainSubEpoch):
             task = replace(task, out=self.workspace.checkpoint_path(cmd.model_id, cmd.epoch, model.hops + 1, cmd.attempt),
-                           seed=sub_epoch_seed(self.seed, model.index, cmd.epoch, cmd.partition))
+                           seed=sub_epoch_seed(self.seed, model.index, cmd.epoch, cmd.partition),
+                           epoch_end=model.hops + 1 == self.num_workers)
         task_id = self._next_task
         self._next_task += 1
         self._tasks[task_id] = (task, cmd, self.clock())

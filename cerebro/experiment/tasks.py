@@ -26,6 +26,7 @@ class Task:
     out: str | None = None          # train: where to write the new state
     seed: int | None = None         # train: the sub-epoch seed (row shuffle, framework random state)
     features: tuple[str, ...] | None = None   # the feature columns, when not all (an ablation variant)
+    epoch_end: bool = False         # train: the model's last sub-epoch of this epoch (per-epoch LR schedules step)
 
 
 @dataclass(frozen=True)

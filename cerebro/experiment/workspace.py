@@ -7,7 +7,8 @@ naming, retention and orphan clean-up), and the result tables.  The engine sees 
 engine, and asks it for the result.
 
 Frameworks are reached through ``build(params) -> (estimator, feature columns or None)`` and
-imported lazily (Keras today), so importing this module imports no framework.
+the :class:`~cerebro.frameworks.base.Framework` interface (imported lazily by name), so
+importing this module imports no framework.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from ..core.records import VISIT_COLUMNS
 from ..core.seeds import exploit_init_seed, model_init_seed
 from ..core.state import ExperimentState, ExploitPlan
 from ..errors import CerebroError
+from ..frameworks.base import DataSample, framework_of, seed_everything
 from ..storage import Store, layout
 from ..worker import read_checkpoint
 from .engine import EngineOutcome, ModelCreationFailed, ModelInit
 from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock
 
 log = logging.getLogger(__name__)
+
+#: Training rows read in the driver to check each new model against the data (one forward pass).
+SAMPLE_ROWS = 8
 
 __all__ = ["ExperimentWorkspace"]
 
@@ -60,6 +65,7 @@ class ExperimentWorkspace:
         self.prepared: Any = None
         self.seed = 0
         self._build: Callable[[dict[str, Any]], tuple[Any, list[str] | None]] | None = None
+        self._sample_rows: Any = None      # the first training rows of partition 0, read on first use
         self._metric_checked: str | None = None
         self._journal: Journal | None = None
         self._locked = False
@@ -154,17 +160,42 @@ class ExperimentWorkspace:
         columns = features or list(self.prepared.feature_columns)
         return sum(math.prod(self.prepared.feature_shapes[c]) for c in columns)
 
-    def create_model(self, model_id: str, index: int, params: dict[str, Any]) -> ModelInit:
-        from ..frameworks.keras import KerasEstimator, seed_model_creation
+    def _sample(self, features: Any) -> DataSample:
+        """A few training rows for the framework's checks of a new model (read once)."""
+        if self._sample_rows is None:
+            from ..data import load_partition
 
+            self._sample_rows = load_partition(self.store, self.prepared, "train", 0, max_rows=SAMPLE_ROWS)
+        part = self._sample_rows
+        columns = tuple(features or self.prepared.feature_columns)
+        return DataSample({c: part.features[c] for c in columns}, dict(part.labels), columns,
+                          tuple(self.prepared.label_columns))
+
+    def _estimator(self, params: dict[str, Any], seed: int) -> tuple[Any, Any, list[str] | None]:
+        """``(framework, estimator, feature columns or None)`` built by the user's code with
+        every framework's generators seeded, so the same seed gives the same initial weights."""
         assert self._build is not None, "bind() first"
-        # Same seed and configuration index -> same initial weights, in any run.
-        seed_model_creation(model_init_seed(self.seed, index))
-        try:
+        seeded = seed_everything(seed)
+        estimator, features = self._build(dict(params))
+        fw = framework_of(estimator)
+        if fw.name not in seeded:
+            # The framework was first imported by estimator_gen_fn itself: seed it and build again.
+            seed_everything(seed)
             estimator, features = self._build(dict(params))
-            if not isinstance(estimator, KerasEstimator):
-                raise TypeError(f"estimator_gen_fn must return a KerasEstimator; it returned {type(estimator).__name__}")
-            names = estimator.metric_names()
+            fw = framework_of(estimator)
+        fw.check_estimator(estimator)
+        return fw, estimator, features
+
+    def _write_model(self, spec_path: str, ckpt: str, spec: Any, state: bytes, task_extra: dict | None = None) -> ModelInit:
+        self.store.write_bytes(spec_path, pickle.dumps(spec))
+        self.store.write_bytes(ckpt, state)
+        return ModelInit(spec_path, ckpt, hashlib.sha256(state).hexdigest(), task_extra or {}, spec.framework)
+
+    def create_model(self, model_id: str, index: int, params: dict[str, Any]) -> ModelInit:
+        try:
+            # Same seed and configuration index -> same initial weights, in any run.
+            fw, estimator, features = self._estimator(params, model_init_seed(self.seed, index))
+            names = fw.metric_names(estimator)
         except Exception:
             raise ModelCreationFailed(traceback.format_exc()) from None
         if self._metric_checked is not None:
@@ -172,42 +203,32 @@ class ExperimentWorkspace:
             if strip_prefix(self._metric_checked) not in names:
                 raise ValueError(
                     f"evaluation_metric={self._metric_checked!r} is not computed by the models; "
-                    f"they report {names} (add it to the KerasEstimator's metrics or pick one of these)"
+                    f"they report {names} (add it to the estimator's metrics or pick one of these)"
                 )
             self._metric_checked = None
         try:
-            spec = estimator.make_spec([(self._input_width(features),)])
+            spec = fw.make_spec(estimator, [(self._input_width(features),)], self._sample(features))
         except Exception:
             raise ModelCreationFailed(traceback.format_exc()) from None
-        spec_path = layout.model_spec(self.name, model_id)
-        ckpt = layout.checkpoint(self.name, model_id, 0, 0)
-        self.store.write_bytes(spec_path, pickle.dumps(spec))
-        self.store.write_bytes(ckpt, spec.initial_state)
-        return ModelInit(spec_path, ckpt, hashlib.sha256(spec.initial_state).hexdigest(),
-                         {"features": features} if features else {})
+        return self._write_model(layout.model_spec(self.name, model_id), layout.checkpoint(self.name, model_id, 0, 0),
+                                 spec, spec.initial_state, {"features": features} if features else {})
 
     def exploit(self, plan: ExploitPlan, params: dict[str, Any]) -> ModelInit:
         """PBT: the target continues from the source's committed epoch-boundary state with ``params``."""
-        from ..frameworks.keras import seed_model_creation, transfer_learning_rate
-
-        assert self._build is not None, "bind() first"
-        seed_model_creation(exploit_init_seed(self.seed, plan.target_index, plan.spec_version))
-        estimator, _ = self._build(dict(params))
-        spec = estimator.make_spec([(self._input_width(plan.features),)])
+        fw, estimator, _ = self._estimator(params, exploit_init_seed(self.seed, plan.target_index, plan.spec_version))
+        spec = fw.make_spec(estimator, [(self._input_width(plan.features),)], self._sample(plan.features))
         source_spec = pickle.loads(self.store.read_bytes(plan.source_spec))
-        if spec.arch_key != source_spec.arch_key:
+        if spec.framework != source_spec.framework or spec.arch_key != source_spec.arch_key:
             raise CerebroError(
                 f"exploit of {plan.source} into {plan.target} with params {params}: these parameters change "
                 "the model's architecture or optimizer configuration, so the source's state cannot be copied; "
                 "mutate only parameters that keep it (learning rate, batch size, ...)"
             )
-        state = transfer_learning_rate(read_checkpoint(self.store, plan.source_checkpoint, plan.source_checksum),
-                                       spec.initial_state)
-        spec_path = layout.model_spec(self.name, plan.target, plan.spec_version)
-        ckpt = layout.checkpoint(self.name, plan.target, plan.next_epoch, 0, plan.spec_version)
-        self.store.write_bytes(spec_path, pickle.dumps(spec))
-        self.store.write_bytes(ckpt, state)
-        return ModelInit(spec_path, ckpt, hashlib.sha256(state).hexdigest())
+        state = fw.transfer_learning_rate(read_checkpoint(self.store, plan.source_checkpoint, plan.source_checksum),
+                                          spec.initial_state)
+        return self._write_model(layout.model_spec(self.name, plan.target, plan.spec_version),
+                                 layout.checkpoint(self.name, plan.target, plan.next_epoch, 0, plan.spec_version),
+                                 spec, state)
 
     # ------------------------------------------------------------------ retention
 

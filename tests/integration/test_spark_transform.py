@@ -161,8 +161,8 @@ def test_the_model_is_built_once_per_worker_process(monkeypatch: pytest.MonkeyPa
 
     job = ts._Job(("x",), (1,), hashlib.sha256(data).hexdigest(), data)
     builds = []
-    real = kf.export_model
-    monkeypatch.setattr(kf, "export_model", lambda *a: builds.append(1) or real(*a))
+    real = kf.FRAMEWORK.export
+    monkeypatch.setattr(kf.FRAMEWORK, "export", lambda *a: builds.append(1) or real(*a))
     monkeypatch.setattr(ts, "_MODELS", ts.OrderedDict())
     batch = [pa.array(np.linspace(-1, 1, 50))]
     first = ts._predict(batch, job)
