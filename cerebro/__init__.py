@@ -1,7 +1,7 @@
 """cerebro: deep-learning model selection with model hopper parallelism (MOP).
 
 Only public names live here, resolved lazily on first use: ``import cerebro`` imports neither
-TensorFlow nor pandas, and ``cerebro.core`` stays importable on its own.
+TensorFlow, PyTorch nor pandas, and ``cerebro.core`` stays importable on its own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LocalBackend": ".backends.local", "SparkBackend": ".backends.spark",
     "Store": ".storage", "LocalStore": ".storage", "HDFSStore": ".storage",
-    "KerasEstimator": ".frameworks.keras",
+    "KerasEstimator": ".frameworks.keras", "TorchEstimator": ".frameworks.torch",
     "GridSearch": ".selection", "RandomSearch": ".selection", "TPESearch": ".selection",
     "HyperbandSearch": ".selection", "ASHASearch": ".selection", "PBTSearch": ".selection",
     "MedianStopping": ".drivers.early_stopping", "SearchDriver": ".drivers.base", "AblationStudy": ".selection",
@@ -26,12 +26,22 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
+#: public name -> (the optional library it needs, what installs it)
+_NEEDS = {"TorchEstimator": ("torch", "cerebro-mop[torch]")}
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cerebro' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    try:
+        imported = importlib.import_module(module, __name__)
+    except ImportError as exc:
+        library = _NEEDS.get(name)
+        if library and (getattr(exc, "name", None) or "").partition(".")[0] == library[0]:
+            raise ImportError(f"{name} needs {library[0]}, which is not installed: pip install '{library[1]}'") from exc
+        raise
+    value = getattr(imported, name)
     globals()[name] = value
     return value
 
