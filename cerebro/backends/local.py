@@ -8,12 +8,15 @@ restarts it and retries the lost sub-epoch from the last committed checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import signal
+import sys
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
@@ -33,6 +36,29 @@ def _limit_native_threads(threads: int | None) -> None:
             os.environ[var] = str(threads)
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start a spawned process without it re-running the user's main module.
+
+    ``spawn`` normally re-imports ``__main__`` from its file (or by its module name) in the
+    child, so a script without an ``if __name__ == "__main__":`` guard would run its whole
+    ``fit`` again in every worker, and ``python -`` cannot be re-read at all.  A worker needs
+    nothing from the user's main module (a model's code travels by value in its spec), so we
+    hide the main module's file and spec while the process starts, as in a notebook.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main is not None and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            if "__spec__" in main.__dict__:
+                main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process (also used by tests).  Returns when the pipe closes."""
     if setup.log_dir:
@@ -48,7 +74,7 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
     try:
         from ..worker import WorkerRuntime
 
-        runtime = WorkerRuntime(setup.store, setup.prepared, worker, setup.threads)
+        runtime = WorkerRuntime(setup.store, setup.prepared, worker, setup.threads, setup.frameworks)
     except BaseException:
         conn.send(("dead", traceback.format_exc()))
         return
@@ -125,7 +151,7 @@ class LocalBackend(Backend):
 
     def start(self, setup: WorkerSetup) -> None:
         if setup.threads is None:
-            setup = WorkerSetup(setup.store, setup.prepared, self.threads, setup.log_dir)
+            setup = replace(setup, threads=self.threads)
         reusable = (
             self._setup is not None and self._setup.key() == setup.key() and not self._ch.busy
             and len(self._ch.ready) == self.num_workers and all(p.is_alive() for p in self._procs.values())
@@ -143,7 +169,8 @@ class LocalBackend(Backend):
         assert self._setup is not None
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=worker_main, args=(child, w, self._setup), name=f"cerebro-worker-{w}", daemon=True)
-        proc.start()
+        with _main_module_hidden():
+            proc.start()
         child.close()
         self._procs[w] = proc
         self._ch.add(w, parent)
