@@ -22,7 +22,13 @@ from cerebro import GridSearch, LocalBackend, LocalStore, hp_choice
 SPACE = {"lr": hp_choice([3e-3, 1e-2]), "width": hp_choice([16, 48])}
 
 
+#: "keras" (default) or "torch": the framework of the models (CEREBRO_TEST_FRAMEWORK).
+FRAMEWORK = os.environ.get("CEREBRO_TEST_FRAMEWORK", "keras")
+
+
 def gen(params):
+    if FRAMEWORK == "torch":
+        return torch_gen(params)
     import keras
 
     model = keras.Sequential([
@@ -31,6 +37,15 @@ def gen(params):
         keras.layers.Dense(10, activation="softmax"),
     ])
     return cerebro.KerasEstimator(model, keras.optimizers.Adam(params["lr"]), "sparse_categorical_crossentropy",
+                                  metrics=["accuracy"], batch_size=16)
+
+
+def torch_gen(params):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(64, params["width"]), nn.ReLU(), nn.Dropout(0.1), nn.Linear(params["width"], 10))
+    return cerebro.TorchEstimator(model, torch.optim.Adam(model.parameters(), lr=params["lr"]), "cross_entropy",
                                   metrics=["accuracy"], batch_size=16)
 
 
@@ -65,7 +80,11 @@ def save_weights(result, out: str) -> None:
     for mid, model in sorted(result.models.items()):
         if model.status == "failed":
             continue
-        for i, w in enumerate(model.keras().get_weights()):
+        if model.framework == "torch":
+            weights = [v.detach().numpy() for v in model.torch().state_dict().values()]
+        else:
+            weights = model.keras().get_weights()
+        for i, w in enumerate(weights):
             arrays[f"{mid}/{i}"] = w
     np.savez(out, **arrays)
 

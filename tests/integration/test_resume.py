@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("resume_experiment.py")
 
 
-def run(*args: str, expect_killed: bool = False, cli: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parent), TF_CPP_MIN_LOG_LEVEL="2")
+def run(*args: str, expect_killed: bool = False, cli: bool = False, framework: str = "keras") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parent), TF_CPP_MIN_LOG_LEVEL="2", CEREBRO_TEST_FRAMEWORK=framework)
     cmd = [sys.executable, "-m", "cerebro", "resume", *args] if cli else [sys.executable, str(SCRIPT), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if expect_killed:
@@ -82,6 +82,22 @@ def test_driver_killed_then_resumed_gives_identical_models(store_dir, reference,
     # Only what was in flight at the kill is redone: the committed visits are not trained again.
     redone = [r for r in after[len(before):] if r["type"] == "visit" and r["kind"] == "train"]
     assert len(redone) == 4 * 3 * 2 - len(committed)
+
+
+def test_torch_driver_killed_mid_sub_epoch_then_resumed_gives_identical_models(tmp_path):
+    pytest.importorskip("torch")
+    store_dir = str(tmp_path / "store")
+    ref, out = str(tmp_path / "ref.npz"), str(tmp_path / "out.npz")
+    run(store_dir, "torch-reference", ref, framework="torch")
+    run(store_dir, "torch-killed", out, "--kill-on", "train:7", expect_killed=True, framework="torch")
+    before = read_journal(LocalStore(store_dir), "torch-killed")
+    assert before[-1]["type"] != "finished"
+    run(store_dir, "torch-killed", out, "--resume", framework="torch")
+    assert read_journal(LocalStore(store_dir), "torch-killed")[-1]["type"] == "finished"
+    reference = dict(np.load(ref))
+    assert len(reference) == 4 * 4  # four models, two Linear layers (weight, bias) each
+    assert_same_models(reference, dict(np.load(out)))
+    assert_exactly_once(pd.read_csv(out + ".visits.csv"))
 
 
 def test_cerebro_resume_command(store_dir, reference, tmp_path):

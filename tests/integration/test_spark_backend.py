@@ -138,3 +138,47 @@ def test_no_active_context_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(pyspark.SparkContext, "_active_spark_context", None)
     with pytest.raises(ValueError, match="no active SparkContext"):
         SparkBackend()
+
+
+def make_torch_gen(dim: int = 16, batch_size: int = 32):
+    def gen(params):
+        import torch
+        from torch import nn
+
+        from cerebro import TorchEstimator
+
+        model = nn.Sequential(nn.Linear(dim, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 5))
+        return TorchEstimator(model, torch.optim.Adam(model.parameters(), lr=params["lr"]), "cross_entropy",
+                              metrics=["accuracy"], batch_size=batch_size)
+    return gen
+
+
+@pytest.mark.slow
+def test_torch_models_on_spark_backend_equal_local_backend_and_transform_in_executors(spark, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    pytest.importorskip("torch")
+    frame = make_frame(2000)
+
+    def fit(backend, store_dir, data):
+        return GridSearch(backend, LocalStore(store_dir), make_torch_gen(), SPACE, 2, scheduler="deterministic",
+                          evaluation_metric="accuracy", seed=7, verbose=0).fit(data)
+
+    with LocalBackend(2) as local:
+        expected = fit(local, tmp_path / "local", frame)
+    with SparkBackend(spark, 2) as backend:
+        got = fit(backend, tmp_path / "spark", spark.createDataFrame(frame.sample(frac=1.0, random_state=3)))
+    assert_exactly_once(got, 2, 2, 2)
+    cols = [c for c in expected.history.columns if c.startswith(("train_", "val_"))]
+    pd.testing.assert_frame_equal(expected.history[["model_id", "epoch", *cols]], got.history[["model_id", "epoch", *cols]])
+    for mid, model in expected.models.items():
+        want, have = model.torch().state_dict(), got.models[mid].torch().state_dict()
+        for k in want:
+            np.testing.assert_array_equal(want[k].numpy(), have[k].numpy(), err_msg=f"{mid} {k}")
+    # transform on a Spark DataFrame predicts in the executors (torch loaded there) what pandas predicts here
+    head = frame.head(300)
+    sdf = spark.createDataFrame(head.assign(row=np.arange(len(head))))
+    out = got.transform(sdf).orderBy("row").toPandas()
+    local_out = got.transform(head)
+    np.testing.assert_allclose(np.stack(out["label__output"]), np.stack(local_out["label__output"]), atol=1e-5)
