@@ -28,6 +28,24 @@ def _demo_estimator(params: dict):
     )
 
 
+def _demo_torch_estimator(params: dict):
+    from torch import nn, optim
+
+    from . import TorchEstimator
+
+    model = nn.Sequential(
+        nn.Linear(64, params["width"]), nn.ReLU(),
+        nn.Linear(params["width"], params["width"]), nn.ReLU(),
+        nn.Linear(params["width"], 10),
+    )
+    return TorchEstimator(model, optim.Adam(model.parameters(), lr=params["learning_rate"]), "cross_entropy",
+                          metrics=["accuracy"], batch_size=params["batch_size"])
+
+
+DEMO_ESTIMATORS = {"keras": _demo_estimator, "torch": _demo_torch_estimator}
+_FRAMEWORK_NAMES = {"keras": "Keras", "torch": "PyTorch"}
+
+
 def demo(args: argparse.Namespace) -> int:
     import pandas as pd
     from rich.console import Console
@@ -37,12 +55,18 @@ def demo(args: argparse.Namespace) -> int:
     from .datasets import digits_frame
 
     console = Console()
+    if args.framework == "torch":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            console.print("[red]cerebro demo --framework torch needs PyTorch[/red]: pip install 'cerebro-mop[torch]'")
+            return 2
     store_dir = os.path.abspath(args.store)
     where = (f"{args.workers} local worker processes" if args.backend == "local"
              else f"{args.workers} long-running tasks of a Spark local[{args.workers}] barrier stage")
     console.print(
-        f"[bold]cerebro demo[/bold]: 8-configuration grid on scikit-learn's digits (1,797 images, 10 classes), "
-        f"{args.epochs} epochs, model hopper parallelism on {where}.\n"
+        f"[bold]cerebro demo[/bold]: 8-configuration grid of {_FRAMEWORK_NAMES[args.framework]} MLPs on scikit-learn's "
+        f"digits (1,797 images, 10 classes), {args.epochs} epochs, model hopper parallelism on {where}.\n"
         f"Store: {store_dir} (prepared data, checkpoints, journal, worker logs)"
     )
     df = digits_frame()
@@ -67,7 +91,7 @@ def demo(args: argparse.Namespace) -> int:
         backend_cm = LocalBackend(num_workers=args.workers)
     with backend_cm as backend:
         search = GridSearch(
-            backend, LocalStore(store_dir), _demo_estimator, space, num_epochs=args.epochs,
+            backend, LocalStore(store_dir), DEMO_ESTIMATORS[args.framework], space, num_epochs=args.epochs,
             evaluation_metric="accuracy", feature_columns=["features"], label_columns=["label"],
             seed=args.seed, verbose=1,
         )
@@ -182,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run a complete model selection on scikit-learn's digits")
     p_demo.add_argument("--backend", choices=["local", "spark"], default="local",
                         help="where workers run: local processes (default) or Spark local mode")
+    p_demo.add_argument("--framework", choices=sorted(DEMO_ESTIMATORS), default="keras",
+                        help="the models' framework: Keras (default) or PyTorch (needs cerebro-mop[torch])")
     p_demo.add_argument("--workers", type=int, default=2, help="number of MOP workers (default 2)")
     p_demo.add_argument("--epochs", type=int, default=5, help="epochs per configuration (default 5)")
     p_demo.add_argument("--store", default="cerebro-demo", help="store directory (default ./cerebro-demo)")
