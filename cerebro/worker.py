@@ -85,7 +85,7 @@ class WorkerRuntime:
         # Inputs depend only on the framework, the model's input/output signature and its
         # feature columns (an ablation variant may leave one out), not on its weights.
         columns = list(features) if features else list(self.prepared.feature_columns)
-        key = (fw.name, repr((spec.input_shapes, getattr(spec, "input_dtypes", None), spec.num_outputs, columns)), split)
+        key = (fw.name, repr((spec.input_shapes, spec.input_dtypes, spec.num_outputs, columns)), split)
         cached = self._arrays.get(key)
         if cached is None:
             part = self.train if split == "train" else self.val

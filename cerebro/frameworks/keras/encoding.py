@@ -66,8 +66,30 @@ def qualified_name(obj: Any) -> str:
 
 
 def custom_scope(custom_objects: Mapping[str, Any] | None):
-    """A Keras custom-object scope holding ``custom_objects`` (a context manager)."""
-    return keras.saving.custom_object_scope(dict(custom_objects or {}))
+    """A Keras custom-object scope holding ``custom_objects`` (a context manager).
+
+    Each object is also listed under its registered name (``package>Name``, from
+    ``@keras.saving.register_keras_serializable``): a worker process never runs the user's
+    script, so its decorators never registered anything there, and a model config names a
+    registered class by that name.
+    """
+    return keras.saving.custom_object_scope(with_registered_names(custom_objects))
+
+
+def with_registered_names(custom_objects: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``custom_objects`` plus each object under its registered Keras name (``package>Name``).
+
+    Called in the driver, where the user's ``@register_keras_serializable`` decorators ran: a
+    class shipped by value to a worker is a new class object the worker's registry never saw.
+    """
+    scope = dict(custom_objects or {})
+    for obj in list(scope.values()):
+        try:
+            registered = keras.saving.get_registered_name(obj)
+        except Exception:  # noqa: BLE001 - not a class or function Keras can name
+            continue
+        scope.setdefault(registered, obj)
+    return scope
 
 
 def flatten(items: Any) -> list:

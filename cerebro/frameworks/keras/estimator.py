@@ -43,6 +43,7 @@ from .encoding import (
     fresh_optimizer,
     object_name,
     qualified_name,
+    with_registered_names,
 )
 from .state import pack, to_numpy
 
@@ -77,7 +78,7 @@ class ModelSpec(Spec):
     framework: str = "keras"
 
     def load_config(self) -> dict:
-        """The unpickled config dict (imports custom objects by reference)."""
+        """The unpickled config dict (custom objects come by value or by reference, as shipped)."""
         try:
             return pickle.loads(self.config)
         except Exception as exc:
@@ -184,7 +185,7 @@ class KerasEstimator:
             "metrics": encode(self.metrics),
             "metrics_type": type(self.metrics).__name__,
             "batch_size": self.batch_size,
-            "custom_objects": self.custom_objects,
+            "custom_objects": with_registered_names(self.custom_objects),
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -260,7 +261,7 @@ class KerasEstimator:
             "optimizer": (type(optimizer), opt_config),
             "loss": loss_enc,
             "metrics": metrics_enc,
-            "custom_objects": self.custom_objects,
+            "custom_objects": with_registered_names(self.custom_objects),
             "batch_size": self.batch_size,
             "input_shapes": [s for s, _ in specs],
         }
