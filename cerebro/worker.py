@@ -66,6 +66,7 @@ class WorkerRuntime:
         if fw is None:
             fw = get_framework(name)
             fw.limit_threads(self.threads)
+            fw.warm_up()
             self._frameworks[name] = fw
             self._caches[name] = fw.model_cache()
         return fw

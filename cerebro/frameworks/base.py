@@ -153,6 +153,10 @@ class Framework(abc.ABC):
     def limit_threads(self, num_threads: int | None) -> None:
         """Bound the framework's CPU thread pools in this process (None: leave them)."""
 
+    def warm_up(self) -> None:
+        """Import what the first task would otherwise import lazily (a worker calls it at
+        start-up, outside the training span).  Default: nothing."""
+
     @abc.abstractmethod
     def build(self, spec: Any) -> Any:
         """A fresh trainable model for ``spec`` (state unspecified until :meth:`load_state`)."""

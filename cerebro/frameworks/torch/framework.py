@@ -83,6 +83,11 @@ class TorchFramework(Framework):
                 log.warning("cannot set torch's inter-op threads to %d (keeping %d): %s",
                             n, torch.get_num_interop_threads(), exc)
 
+    def warm_up(self) -> None:
+        """``Optimizer.load_state_dict`` imports ``torch._dynamo`` on first use (about 1.4 s
+        here): import it while the worker starts, not in its first hop."""
+        import torch._dynamo  # noqa: F401
+
     def build(self, spec: TorchSpec) -> TorchModel:
         return model_from_config(spec.config, default_device(), spec.info())
 
