@@ -16,7 +16,11 @@ one JSON file; ``benchmarks.run`` starts them one after another, each in its own
 - ``ps``: TensorFlow ``ParameterServerStrategy`` with ``tf_keras`` ``model.fit`` (p worker
   servers + 1 parameter server as ``tf.distribute.Server`` processes on 127.0.0.1, this process
   the coordinator);
-- ``mop``: cerebro's ``GridSearch`` on ``LocalBackend(p)`` or ``SparkBackend`` on ``local[p]``.
+- ``mop``: cerebro's ``GridSearch`` on ``LocalBackend(p)`` or ``SparkBackend`` on ``local[p]``
+  (Keras 3, ``KerasEstimator``);
+- ``mop-torch``: the same ``GridSearch`` on ``LocalBackend(p)`` with ``TorchEstimator``: the
+  model, initial weights, optimizer, loss and batch size of ``ddp`` and ``horovod``, so that
+  the all-reduce / MOP ratio compares one framework.
 
 Data-parallel engines use the per-worker batch size of the configuration (a global batch of
 p x batch, the Horovod convention, which needs the fewest all-reduce steps) and the
@@ -47,7 +51,7 @@ import numpy as np
 
 from benchmarks import workload as wl
 
-ENGINES = ("sequential", "task-parallel", "model-averaging", "ddp", "horovod", "ps", "mop", "mop-spark")
+ENGINES = ("sequential", "task-parallel", "model-averaging", "ddp", "horovod", "ps", "mop", "mop-spark", "mop-torch")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -493,13 +497,17 @@ def run_ps(jobs: list[dict], workers: int, out: str) -> None:
 
 # ---------------------------------------------------------------------------- MOP
 
-def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False) -> None:
+def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False, framework: str = "keras") -> None:
+    """MOP: ``GridSearch`` over the workload's grid; ``framework`` "keras" (``KerasEstimator``)
+    or "torch" (``TorchEstimator``, the DDP/Horovod model)."""
     wl.limit_threads(1)
+    import functools
+
     import pandas as pd
 
     import cerebro
 
-    system = "mop-spark" if spark else "mop"
+    system = "mop-spark" if spark else "mop-torch" if framework == "torch" else "mop"
     if spark:
         # The session the demo and the tests use: loopback only, this interpreter on the executors.
         from cerebro.backends.spark_session import local_session
@@ -519,7 +527,9 @@ def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False) ->
             configs = _configs(job)
             space = {k: cerebro.hp_choice(sorted({c[k] for c in configs})) for k in configs[0]}
             store_dir = os.path.join(tmp, job["tag"])
-            search = cerebro.GridSearch(backend, cerebro.LocalStore(store_dir), wl.make_estimator, space,
+            gen_fn = (functools.partial(wl.make_torch_estimator, seed=job.get("seed", 0)) if framework == "torch"
+                      else wl.make_estimator)
+            search = cerebro.GridSearch(backend, cerebro.LocalStore(store_dir), gen_fn, space,
                                         num_epochs=job["epochs"], evaluation_metric="accuracy", validation="is_val",
                                         seed=job.get("seed", 0) or 2020, scheduler=job.get("scheduler", "dynamic"),
                                         verbose=0, tensorboard=False, experiment_name=job["tag"])
@@ -527,6 +537,7 @@ def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False) ->
             result = search.fit(df)
             fit_wall = time.perf_counter() - t0
             records.append(_mop_record(job, result, fit_wall, store_dir, workers))
+            records[-1]["frameworks"] = sorted({m.framework for m in result.models.values()})
             # The same rows in the baselines' raw float32 format: what the storage ratio compares.
             records[-1]["raw_data_bytes"] = wl.dir_bytes(data / "full")
     if spark:
@@ -634,6 +645,8 @@ def main(argv=None) -> int:
         run_ps(jobs, args.workers, args.out)
     elif args.engine in ("mop", "mop-spark"):
         run_mop(jobs, args.workers, args.out, spark=args.engine == "mop-spark")
+    elif args.engine == "mop-torch":
+        run_mop(jobs, args.workers, args.out, framework="torch")
     return 0
 
 

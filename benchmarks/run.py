@@ -3,7 +3,9 @@ scheduler simulation.  Prints a markdown table; writes ``summary.json``, ``resul
 ``table.md`` and PNG plots under ``benchmarks/results/<name>/``.
 
 Systems (each a real engine, see ``benchmarks.baselines``): MOP on LocalBackend (and on
-SparkBackend ``local[p]`` when ``cerebro.SparkBackend``, pyspark and Java are there), task
+SparkBackend ``local[p]`` when ``cerebro.SparkBackend``, pyspark and Java are there), MOP on
+LocalBackend with PyTorch (``TorchEstimator``: the model and training loop of the DDP and
+Horovod engines, so ``*_over_mop_torch`` compares one framework), task
 parallelism with full replication, Horovod over Gloo (when ``benchmarks.setup_baselines``
 built it), PyTorch DDP over Gloo, TensorFlow ParameterServerStrategy, model averaging, and
 one sequential process.  Same workload for all (``benchmarks.workload``): 8 MLP
@@ -14,7 +16,9 @@ ready" to the last evaluation, divided by the epochs), worker utilisation, bytes
 on disk the system's workers read), bytes moved (measured for MOP; computed from model size x
 steps for the others, labelled so), final validation accuracy on digits (best configuration,
 and the mean over configurations) after the same epochs.  Ratios in ``summary.json`` are
-ratios of medians over the repeats.
+ratios of medians over the repeats; ``*_over_mop`` divide by MOP on Keras (what every Keras
+system is compared with), ``*_over_mop_torch`` by MOP on PyTorch (the all-reduce engines'
+framework).
 
 Usage:
     python -m benchmarks.setup_baselines          # once: torch, tf-keras, Horovod (build)
@@ -42,11 +46,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ("sequential", "mop", "mop-spark", "task-parallel", "horovod", "ddp", "ps", "model-averaging")
+SYSTEMS = ("sequential", "mop", "mop-spark", "mop-torch", "task-parallel", "horovod", "ddp", "ps", "model-averaging")
 LABELS = {
     "sequential": "Sequential (1 process)",
     "mop": "MOP (cerebro, LocalBackend)",
     "mop-spark": "MOP (cerebro, SparkBackend local[p])",
+    "mop-torch": "MOP (cerebro, LocalBackend, PyTorch)",
     "task-parallel": "Task parallel, full replication",
     "horovod": "All-reduce: Horovod 0.28.1 / Gloo (torch)",
     "ddp": "All-reduce: PyTorch DDP / Gloo",
@@ -62,10 +67,12 @@ PROFILES = {
     "full": {"rows": 60000, "epochs": 2, "accuracy_epochs": 10, "repeats": 3, "timeout": 1800},
     "smoke": {"rows": 2000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "timeout": 300, "max_configs": 2},
 }
-SHORT = {"sequential": "Sequential", "mop": "MOP (Local)", "mop-spark": "MOP (Spark)", "task-parallel": "Task parallel",
+SHORT = {"sequential": "Sequential", "mop": "MOP (Local)", "mop-spark": "MOP (Spark)", "mop-torch": "MOP (torch)",
+         "task-parallel": "Task parallel",
          "horovod": "Horovod", "ddp": "PyTorch DDP", "ps": "Parameter server", "model-averaging": "Model averaging"}
 SUMMARY_KEYS = (
-    "mop_busy_fraction", "allreduce_over_mop", "horovod_over_mop", "ddp_over_mop", "ps_over_mop",
+    "mop_busy_fraction", "allreduce_over_mop", "horovod_over_mop", "ddp_over_mop", "horovod_over_mop_torch",
+    "ddp_over_mop_torch", "ps_over_mop",
     "mop_over_task_parallel", "task_parallel_storage_over_mop", "accuracy_gap_vs_sequential",
     "model_averaging_accuracy_gap_vs_sequential", "scheduler_makespan_over_lower_bound",
     "randomized_makespan_over_lower_bound", "scheduler_decision_ms", "hop_share", "throughput_over_physical_limit",
@@ -85,7 +92,7 @@ def availability(workers: int) -> dict[str, str | None]:
     have = {m: importlib.util.find_spec(m) is not None for m in ("torch", "tf_keras", "horovod", "pyspark")}
     out: dict[str, str | None] = {s: None for s in SYSTEMS}
     if not have["torch"]:
-        for s in ("ddp", "model-averaging", "horovod"):
+        for s in ("ddp", "model-averaging", "horovod", "mop-torch"):
             out[s] = "torch is not installed (python -m benchmarks.setup_baselines)"
     if not have["tf_keras"]:
         out["ps"] = "tf_keras is not installed (python -m benchmarks.setup_baselines)"
@@ -262,6 +269,7 @@ def summarise(figures: dict[str, dict], sim: dict | None, workers: int) -> dict:
         return 100 * (a - b) if a is not None and b is not None else None
 
     mop_epoch = f("mop", "epoch_s")
+    mop_torch_epoch = f("mop-torch", "epoch_s")  # the same framework as the all-reduce engines
     horovod = _ratio(f("horovod", "epoch_s"), mop_epoch)
     ddp = _ratio(f("ddp", "epoch_s"), mop_epoch)
     seq_rate = f("sequential", "rows_per_s")
@@ -270,6 +278,8 @@ def summarise(figures: dict[str, dict], sim: dict | None, workers: int) -> dict:
         "allreduce_over_mop": horovod if horovod is not None else ddp,
         "horovod_over_mop": horovod,
         "ddp_over_mop": ddp,
+        "horovod_over_mop_torch": _ratio(f("horovod", "epoch_s"), mop_torch_epoch),
+        "ddp_over_mop_torch": _ratio(f("ddp", "epoch_s"), mop_torch_epoch),
         "ps_over_mop": _ratio(f("ps", "epoch_s"), mop_epoch),
         "mop_over_task_parallel": _ratio(mop_epoch, f("task-parallel", "epoch_s")),
         # Both in raw float32 bytes: p copies of the training rows (+ the validation rows) against
@@ -317,19 +327,20 @@ def markdown(report: dict) -> str:
         f"{prof['epochs']} epoch(s); accuracy on digits after {prof['accuracy_epochs']} epochs; "
         f"p = {report['workers']} workers x 1 thread; {prof['repeats']} repeat(s), medians.",
         "",
-        "| system | s / epoch (all configs) | vs MOP | utilisation | data stored MB | moved MB / epoch | "
-        "digits acc best (mean) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| system | s / epoch (all configs) | vs MOP | vs MOP (torch) | utilisation | data stored MB | "
+        "moved MB / epoch | digits acc best (mean) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     mop_epoch = figs.get("mop", {}).get("epoch_s")
+    mop_torch_epoch = figs.get("mop-torch", {}).get("epoch_s")
     for system in SYSTEMS:
         if system in report["unavailable"]:
-            lines.append(f"| {LABELS[system]} | unavailable: {report['unavailable'][system][:90]} | | | | | |")
+            lines.append(f"| {LABELS[system]} | unavailable: {report['unavailable'][system][:90]} | | | | | | |")
             continue
         g = figs.get(system)
         if not g or "epoch_s" not in g:
             if system in report["systems"]:
-                lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | |")
+                lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | | |")
             continue
         moved = _mb(g.get("bytes_moved_per_epoch")) + (" (measured)" if str(g.get("bytes_moved_how", "")).startswith("measured")
                                                       else " (computed)" if g.get("bytes_moved_per_epoch") else "")
@@ -337,7 +348,8 @@ def markdown(report: dict) -> str:
                else "not run: identical to MOP (Local) by construction" if system in prof.get("accuracy_skip", ())
                else "n/a")
         lines.append(f"| {LABELS[system]} | {g['epoch_s']:.1f} | {_fmt(_ratio(g['epoch_s'], mop_epoch), 2)} | "
-                     f"{_fmt(g.get('utilisation'), 2)} | {_mb(g.get('bytes_stored'))} | {moved} | {acc} |")
+                     f"{_fmt(_ratio(g['epoch_s'], mop_torch_epoch), 2)} | {_fmt(g.get('utilisation'), 2)} | "
+                     f"{_mb(g.get('bytes_stored'))} | {moved} | {acc} |")
     lines += ["", "| figure | value | goal |", "|---|---:|---|"]
     for key in SUMMARY_KEYS:
         lines.append(f"| {key} | {_fmt(summary.get(key), 4)} | {goal_status(key, summary.get(key))} |")

@@ -1,8 +1,9 @@
 """The one workload every benchmark and every baseline trains (stated next to every table).
 
 - Configurations: the reference MLP 64 -> width (ReLU) -> width (ReLU) -> 10 (softmax), Adam,
-  sparse categorical cross-entropy, over the grid learning rate {1e-3, 3e-3} x width
-  {128, 256} x batch size {32, 128}: 8 configurations, four with batch 32.
+  sparse categorical cross-entropy (in PyTorch: logits and ``cross_entropy``, Glorot-uniform
+  weights and zero biases like Keras, Adam with Keras' epsilon), over the grid learning rate
+  {1e-3, 3e-3} x width {128, 256} x batch size {32, 128}: 8 configurations, four with batch 32.
 - Data for time: generated, ``make_data(rows)`` (default 60,000 rows x 64 float32 features,
   10 classes from a random teacher network with noise).
 - Data for accuracy: scikit-learn's digits (1,797 rows, 64 pixels / 16), ``cerebro.datasets``.
@@ -67,7 +68,7 @@ def validation_mask(rows: int, seed: int = 2020, fraction: float = VALIDATION) -
 # ---------------------------------------------------------------------------- model builders
 
 def make_estimator(params):
-    """The configuration as a cerebro ``KerasEstimator`` (Keras 3): MOP's estimator_gen_fn."""
+    """The configuration as a cerebro ``KerasEstimator`` (Keras 3): MOP's (Keras) estimator_gen_fn."""
     import keras
 
     from cerebro import KerasEstimator
@@ -75,6 +76,32 @@ def make_estimator(params):
     model = keras_model(params, keras)
     return KerasEstimator(model, keras.optimizers.Adam(params["learning_rate"]), "sparse_categorical_crossentropy",
                           metrics=["accuracy"], batch_size=params["batch_size"])
+
+
+def make_torch_estimator(params, seed: int = 2020):
+    """The configuration as a cerebro ``TorchEstimator``: MOP-on-PyTorch's estimator_gen_fn.
+
+    The same model, initial weights, optimizer and loss as the DDP and Horovod engines
+    (``benchmarks.baselines._torch_data_parallel``): ``torch_model(params, seed + i)`` for the
+    i-th configuration of the grid, Adam with the configuration's learning rate and Keras'
+    epsilon (1e-7), cross-entropy on the logits, the configuration's batch size.
+    """
+    import torch
+
+    from cerebro import TorchEstimator
+
+    model = torch_model(params, seed + config_index(params))
+    optimizer = torch.optim.Adam(model.parameters(), lr=params["learning_rate"], eps=1e-7)
+    return TorchEstimator(model, optimizer, "cross_entropy", metrics=["accuracy"], batch_size=params["batch_size"])
+
+
+def config_index(params) -> int:
+    """The position of ``params`` in :func:`configurations` (what the torch engines seed by)."""
+    key = (float(params["learning_rate"]), int(params["width"]), int(params["batch_size"]))
+    for i, c in enumerate(configurations()):
+        if (float(c["learning_rate"]), int(c["width"]), int(c["batch_size"])) == key:
+            return i
+    raise ValueError(f"not a configuration of the workload: {params}")
 
 
 def keras_model(params, keras_module):

@@ -5,6 +5,7 @@ Not part of the default ``python -m pytest`` (testpaths = tests): CI runs it aft
 No timing assertions: each engine must finish, report its figures, and learn digits well
 above chance (10%) in two epochs.  An engine whose dependency is missing is a failure, except
 Horovod and MOP on Spark, which are skipped with the reason (the build log's, for Horovod).
+Every system of ``benchmarks.run.SYSTEMS`` runs, MOP on PyTorch (``mop-torch``) included.
 """
 
 from __future__ import annotations
@@ -63,5 +64,8 @@ def test_engine_trains_and_reports(engine, jobs, unavailable):
         assert accs[-1] > 0.5, config  # digits, two epochs: far above chance
     if engine != "sequential":
         assert job["bytes_moved"] > 0, "every distributed engine moves bytes"
+    if engine.startswith("mop"):  # MOP on PyTorch trains torch models, the others Keras ones
+        assert job["frameworks"] == (["torch"] if engine == "mop-torch" else ["keras"])
+        assert 0 < job["busy_fraction"] <= 1
     figures = run.system_figures(engine, [{"jobs": [dict(job, tag="time")]}], WORKERS)
     assert figures["epoch_s"] > 0

@@ -56,6 +56,7 @@ def test_summary_ratios_and_gaps():
     assert s["mop_busy_fraction"] == 0.95
     assert s["horovod_over_mop"] is None
     assert s["ddp_over_mop"] == 2.5 and s["allreduce_over_mop"] == 2.5  # no Horovod: DDP stands in
+    assert s["horovod_over_mop_torch"] is None and s["ddp_over_mop_torch"] is None  # no MOP on PyTorch
     assert s["ps_over_mop"] == 12.0
     assert s["mop_over_task_parallel"] == pytest.approx(10 / 9)
     assert s["task_parallel_storage_over_mop"] == 1.75
@@ -73,10 +74,42 @@ def test_horovod_is_the_allreduce_figure_when_it_ran():
     assert s["scheduler_makespan_over_lower_bound"] is None
 
 
+def test_torch_ratios_divide_by_mop_on_pytorch():
+    """``*_over_mop_torch``: the same all-reduce epoch times over MOP-on-PyTorch's; the Keras ratios stay."""
+    figs = _figs()
+    figs["horovod"] = {"epoch_s": 40.0}
+    figs["mop-torch"] = {"epoch_s": 5.0, "utilisation": 0.9}
+    s = run.summarise(figs, None, workers=2)
+    assert s["ddp_over_mop_torch"] == 5.0 and s["horovod_over_mop_torch"] == 8.0
+    assert s["ddp_over_mop"] == 2.5 and s["horovod_over_mop"] == 4.0 and s["allreduce_over_mop"] == 4.0
+    assert s["mop_busy_fraction"] == 0.95  # still MOP on Keras
+    assert {"ddp_over_mop_torch", "horovod_over_mop_torch"} <= set(run.SUMMARY_KEYS)
+    assert "mop-torch" in run.SYSTEMS and run.LABELS["mop-torch"] and run.SHORT["mop-torch"]
+
+
+def test_mop_torch_utilisation_is_its_busy_fraction():
+    fig = run.system_figures("mop-torch", [{"jobs": [_job("time", 10, busy_fraction=0.91, hop_share=0.04)]}], 2)
+    assert fig["utilisation"] == 0.91 and fig["hop_share"] == 0.04
+
+
+def test_markdown_has_a_column_against_mop_on_pytorch():
+    figs = {"mop": {"epoch_s": 10.0, "utilisation": 0.95, "bytes_stored": 1},
+            "mop-torch": {"epoch_s": 5.0, "utilisation": 0.9, "bytes_stored": 1},
+            "ddp": {"epoch_s": 7.5, "utilisation": 0.8, "bytes_stored": 1}}
+    report = {"figures": figs, "summary": run.summarise(figs, None, workers=2), "configs": 8, "workers": 2,
+              "profile": {"rows": 1000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1},
+              "systems": ["mop", "mop-torch", "ddp"], "unavailable": {}, "errors": {}}
+    table = run.markdown(report)
+    assert "| vs MOP | vs MOP (torch) |" in table
+    assert f"| {run.LABELS['ddp']} | 7.5 | 0.75 | 1.50 |" in table
+    assert "| ddp_over_mop_torch | 1.5000 |" in table
+
+
 def test_missing_systems_give_none_not_errors():
     s = run.summarise({"mop": {"epoch_s": 10.0}}, None, workers=2)
     assert s["ps_over_mop"] is None and s["accuracy_gap_vs_sequential"] is None
     assert s["throughput_over_physical_limit"] is None
+    assert s["ddp_over_mop_torch"] is None and s["horovod_over_mop_torch"] is None
 
 
 def test_goal_status():
