@@ -30,6 +30,7 @@ from cerebro import (  # noqa: E402
 )
 from cerebro.datasets import digits_frame  # noqa: E402
 from cerebro.experiment.journal import read_journal  # noqa: E402
+from test_ablation import frame as ablation_frame  # noqa: E402  (the Keras ablation test's digits halves + noise)
 
 pytestmark = pytest.mark.slow
 
@@ -208,18 +209,6 @@ def test_median_stopping_stops_the_slow_torch_models(backend, tmp_path, df):
     fast = [m for m, t in r.models.items() if t.params["lr"] > 1e-3]
     assert all(epochs[m] < 4 and r.models[m].status == "stopped" for m in slow)
     assert all(epochs[m] == 4 and r.models[m].status == "completed" for m in fast)
-
-
-def ablation_frame() -> pd.DataFrame:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "top": list(x[:, :4, :].reshape(-1, 32)), "bottom": list(x[:, 4:, :].reshape(-1, 32)),
-        "noise": list(rng.normal(size=(len(x), 4)).astype(np.float32)), "label": d.target.astype(np.int64),
-    })
 
 
 def ablation_gen(params):
