@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _quiet
+
+_quiet.install()   # TensorFlow's C++ start-up lines stay off the console (see cerebro/_quiet.py)
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
