@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import CerebroError
 from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
 from .channel import WorkerChannels
+from .spark_probe import check_executor_python
 from ..experiment.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 30.0
 #: How long start() waits for executors that are still registering before refusing.
 REGISTRATION_GRACE = 60.0
+#: What every executor's Python must import to run a worker (plus the models' frameworks).
+_WORKER_MODULES = ("cerebro", "pyarrow")
 
 
 def _barrier_task(address: tuple[str, int], secret: bytes, generation: int, setup: WorkerSetup, _rows: Any):
@@ -128,6 +131,8 @@ class SparkBackend(Backend):
         capacity = _declared_capacity(sc)
         if capacity is not None and self.num_workers > capacity:
             raise ValueError(_slots_message(capacity, self.num_workers, f"master {sc.master!r} has"))
+        # Before any Spark job of ours (data preparation included) can fail in a wrong Python.
+        check_executor_python(sc, _WORKER_MODULES, self.num_workers)
         self.sc = sc
         self.threads = int(sc.getConf().get("spark.task.cpus", "1"))
         self._ch = WorkerChannels()
@@ -337,6 +342,7 @@ class SparkBackend(Backend):
         slots = self._wait_for_slots(time.time() + min(self.start_timeout, REGISTRATION_GRACE))
         if slots < self.num_workers:
             raise CerebroError(_slots_message(slots, self.num_workers, "the cluster offers"))
+        check_executor_python(self.sc, _WORKER_MODULES + tuple(setup.frameworks), self.num_workers)
         self._launch()
 
     def restart(self, worker: int) -> None:
