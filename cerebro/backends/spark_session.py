@@ -42,6 +42,7 @@ def local_session(master: str = "local[2]", app_name: str = "cerebro", conf: dic
     builder = (
         SparkSession.builder.master(master).appName(app_name)
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")   # cerebro shows its own progress
         .config("spark.python.worker.reuse", "true")
         .config("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "1s")
         .config("spark.sql.shuffle.partitions", "4")
