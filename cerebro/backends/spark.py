@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import CerebroError
 from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
 from .channel import WorkerChannels
-from .spark_probe import check_executor_python
+from .spark_probe import check_executor_python, first_line
 from ..experiment.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,6 @@ def _slots_message(slots: int, needed: int, what: str) -> str:
         f"but {what} {slots}; lower num_workers or give the cluster more executor cores "
         "(a barrier stage needs all its tasks running at once)"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    m = re.search(r"(Job aborted[^\n]*|Could not recover from a failed barrier[^\n]*|[A-Za-z.]*Exception: [^\n]*)", text)
-    line = m.group(1) if m else (text.strip().splitlines() or [type(exc).__name__])[0]
-    return line[:500]
 
 
 class SparkBackend(Backend):
@@ -286,7 +279,7 @@ class SparkBackend(Backend):
             self.sc.setJobGroup(group, f"cerebro MOP workers (generation {gen})", interruptOnCancel=True)
             rdd.collect()
         except BaseException as exc:   # noqa: BLE001 - reported to the engine's thread
-            self._control.put(("job_failed", gen, _first_line(exc)))
+            self._control.put(("job_failed", gen, first_line(exc)))
         else:
             self._control.put(("job_done", gen, ""))
         finally:

@@ -13,6 +13,7 @@ then ships it by value, so it runs even where ``cerebro`` itself cannot be impor
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any, Iterable
 
@@ -55,6 +56,14 @@ def probe_function(modules: Iterable[str]) -> Any:
     return namespace["probe"]
 
 
+def first_line(exc: BaseException) -> str:
+    """The line of a Spark job failure that says what happened."""
+    text = str(exc)
+    m = re.search(r"(Job aborted[^\n]*|Could not recover from a failed barrier[^\n]*|[A-Za-z.]*Exception: [^\n]*)", text)
+    line = m.group(1) if m else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return line[:500]
+
+
 def _interpreter_advice(sc: Any) -> str:
     conf = sc.getConf().get("spark.pyspark.python", None)
     return (
@@ -82,10 +91,8 @@ def check_executor_python(sc: Any, modules: Iterable[str], tasks: int) -> None:
     try:
         reports = sc.parallelize(range(tasks), tasks).mapPartitions(probe_function(todo)).collect()
     except Exception as exc:  # noqa: BLE001 - any failure here is the executors' Python failing to start
-        from .spark import _first_line
-
         raise CerebroError(
-            f"Spark's executors could not run a Python task for cerebro ({_first_line(exc)}). "
+            f"Spark's executors could not run a Python task for cerebro ({first_line(exc)}). "
             + _interpreter_advice(sc)
         ) from None
     problems = [(host, exe, ver, missing) for host, exe, ver, missing in reports if missing]
