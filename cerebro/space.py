@@ -3,7 +3,8 @@
 Every random draw takes a ``numpy.random.Generator`` from the caller; nothing here touches a
 global random state (the original Cerebro seeded every dimension with the same constant, so
 dimensions were perfectly correlated).  ``low`` and ``high`` of the log-uniform dimensions
-are the values themselves (1e-4, 1e-1), never exponents.
+are the values themselves (1e-4, 1e-1), never exponents.  The q-dimensions give ints when
+their ``low``, ``high`` and ``q`` are ints (a batch size, a layer width), floats otherwise.
 """
 
 from __future__ import annotations
@@ -117,8 +118,30 @@ def quantize(value: float, q: float, low: float, high: float) -> float:
     return float(out)
 
 
+class _Quantized(Dimension):
+    """What the q-dimensions share: values on the grid of multiples of ``q`` inside the bounds,
+    ints when ``low``, ``high`` and ``q`` are all ints (``hp_quniform(16, 256, 16)`` gives 64,
+    ``hp_quniform(0, 1, 0.25)`` gives 0.75)."""
+
+    low: float
+    high: float
+    q: float
+
+    @property
+    def integral(self) -> bool:
+        """Whether this dimension's values are ints (``low``, ``high`` and ``q`` are all ints)."""
+        return is_int(self.low) and is_int(self.high) and is_int(self.q)
+
+    def snap(self, value: float) -> int | float:
+        """``value`` moved onto this dimension's grid (:func:`quantize`), as an int when the
+        dimension is integral: how every driver turns a number (a draw, hyperopt's float, a PBT
+        perturbation) into a value of this dimension."""
+        out = quantize(float(value), self.q, self.low, self.high)
+        return int(round(out)) if self.integral else out
+
+
 @dataclass(frozen=True)
-class QUniform(Dimension):
+class QUniform(_Quantized):
     low: float
     high: float
     q: float
@@ -127,12 +150,12 @@ class QUniform(Dimension):
         _check_range("hp_quniform", _finite("hp_quniform", "low", self.low), _finite("hp_quniform", "high", self.high))
         _check_has_step("hp_quniform", self.low, self.high, _check_q("hp_quniform", self.q))
 
-    def sample(self, rng: np.random.Generator) -> float:
-        return quantize(float(rng.uniform(self.low, self.high)), self.q, self.low, self.high)
+    def sample(self, rng: np.random.Generator) -> int | float:
+        return self.snap(rng.uniform(self.low, self.high))
 
 
 @dataclass(frozen=True)
-class QLogUniform(Dimension):
+class QLogUniform(_Quantized):
     low: float
     high: float
     q: float
@@ -146,9 +169,8 @@ class QLogUniform(Dimension):
         _check_range("hp_qloguniform", low, high)
         _check_has_step("hp_qloguniform", low, high, _check_q("hp_qloguniform", self.q))
 
-    def sample(self, rng: np.random.Generator) -> float:
-        value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return quantize(value, self.q, self.low, self.high)
+    def sample(self, rng: np.random.Generator) -> int | float:
+        return self.snap(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
 
 
 @dataclass(frozen=True)
@@ -183,10 +205,14 @@ def hp_loguniform(low, high) -> LogUniform:
 
 
 def hp_quniform(low, high, q) -> QUniform:
+    """A multiple of ``q`` drawn uniformly from [low, high]: an int when ``low``, ``high`` and ``q``
+    are ints (``hp_quniform(16, 256, 16)`` gives e.g. 64), else a float."""
     return QUniform(low, high, q)
 
 
 def hp_qloguniform(low, high, q) -> QLogUniform:
+    """A multiple of ``q`` drawn log-uniformly from [low, high] (the values, not exponents): an
+    int when ``low``, ``high`` and ``q`` are ints, else a float."""
     return QLogUniform(low, high, q)
 
 

@@ -8,8 +8,8 @@ the state of a model drawn uniformly from the top ``quantile_fraction`` and *exp
 around that model's hyperparameters; otherwise it continues unchanged.
 
 Explore: with ``mutations=None`` every continuous dimension of the search space is multiplied
-by 0.8 or 1.2 (a fair coin), clipped to its bounds (re-quantised for q-dimensions, an integer
-for hp_randint), and every hp_choice is resampled with probability 0.25.  A ``mutations``
+by 0.8 or 1.2 (a fair coin), clipped to its bounds (re-quantised for q-dimensions, an int for an integral one,
+an integer for hp_randint), and every hp_choice is resampled with probability 0.25.  A ``mutations``
 dict maps a parameter name to an hp_* dimension (resampled), a list of values (one drawn
 uniformly) or a callable ``(value, rng) -> new value``; only those parameters change.
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .._checks import check_int, check_number, check_type, is_number
-from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform, quantize, sample
+from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform, sample
 from ._rungs import badness, score
 from .base import Action, Continue, Exploit, SearchDriver, Stop
 
@@ -53,10 +53,10 @@ def perturb(dim: Dimension, value: Any, rng: np.random.Generator) -> Any:
     if isinstance(dim, (Uniform, LogUniform)):
         return float(min(max(new, dim.low), dim.high))
     if isinstance(dim, (QUniform, QLogUniform)):
-        out = quantize(min(max(new, dim.low), dim.high), dim.q, dim.low, dim.high)
+        out = dim.snap(min(max(new, dim.low), dim.high))   # an int for an integral dimension
         if out == float(value):  # rounding swallowed the step: move one quantum the same way
             step = dim.q if factor > 1 else -dim.q
-            out = quantize(min(max(float(value) + step, dim.low), dim.high), dim.q, dim.low, dim.high)
+            out = dim.snap(min(max(float(value) + step, dim.low), dim.high))
         return out
     if isinstance(dim, RandInt):
         out = int(math.floor(new + 0.5))

@@ -57,21 +57,16 @@ def _in_bounds(dim: Dimension, raw: Any) -> Any:
 
     Returns the raw value unchanged when it is already valid; the q-variants can round outside
     [low, high] in hyperopt (``qloguniform(log 1, log 1000, 10)`` yields 0), and exp(log(high))
-    can exceed ``high`` by one ulp: those are moved to the nearest valid value.
+    can exceed ``high`` by one ulp: those are moved to the nearest valid value.  hyperopt's q
+    values are floats: those of a q-dimension with int bounds and step come back as ints.
     """
     if isinstance(dim, Choice):
         return int(raw)
     if isinstance(dim, RandInt):
         return min(max(int(raw), int(dim.low)), int(dim.high) - 1)
-    value = float(raw)
     if isinstance(dim, (QUniform, QLogUniform)):
-        q = float(dim.q)
-        while value < dim.low - 1e-12:
-            value += q
-        while value > dim.high + 1e-12:
-            value -= q
-        return value
-    return min(max(value, float(dim.low)), float(dim.high))
+        return dim.snap(raw)   # hyperopt gives floats: an integral dimension's value is an int
+    return min(max(float(raw), float(dim.low)), float(dim.high))
 
 
 # -- JSON encoding of the trials' numbers: numpy scalars become Python numbers, and non-finite
