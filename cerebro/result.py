@@ -157,8 +157,13 @@ class TrainedModel:
         return out
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the model (Keras: ``model.keras``; torch: ``state.pt``), its spec and the
-        provenance to directory ``path``; :func:`load_model` reads it back."""
+        """Write the model, its spec and the provenance to directory ``path``; :func:`load_model`
+        reads it back, whatever losses and metrics it was compiled with.
+
+        Keras: ``model.keras``, compiled with your own loss and metrics, so plain Keras reads it
+        too (``keras.models.load_model(f"{path}/model.keras", custom_objects={...})`` with the
+        functions and classes of your script that the model, loss and metrics use), and
+        ``state.npz``, the exact weights and optimizer state.  torch: ``state.pt``."""
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         versions = self._framework().save(self.adapter_model(), self.spec(), path)
@@ -176,7 +181,10 @@ class TrainedModel:
 
 
 def load_model(path: str | os.PathLike, custom_objects: Mapping[str, Any] | None = None) -> TrainedModel:
-    """Read back a model written by :meth:`TrainedModel.save` (Keras or torch).
+    """Read back a model written by :meth:`TrainedModel.save` (Keras or torch), whatever losses
+    and metrics it was compiled with: the model is rebuilt from its saved spec, which carries
+    the code of your script's functions and classes by value, so the script need not be
+    importable here.
 
     ``custom_objects`` (Keras) adds to the custom objects the model was built with.
     """

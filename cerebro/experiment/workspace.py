@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 import os
 import pickle
 import time
@@ -30,6 +29,7 @@ from ..core.records import VISIT_COLUMNS
 from ..core.seeds import exploit_init_seed, model_init_seed
 from ..core.state import ExperimentState, ExploitPlan
 from ..errors import CerebroError
+from ..frameworks.arrays import input_shapes, label_count_problem
 from ..frameworks.base import DataSample, framework_of, seed_everything
 from ..storage import Store, layout
 from ..worker import read_checkpoint
@@ -156,9 +156,11 @@ class ExperimentWorkspace:
     def delete_checkpoint(self, path: str) -> None:
         self.store.delete(path)
 
-    def _input_width(self, features: Any) -> int:
+    def _input_shapes(self, fw: Any, estimator: Any, features: Any) -> list[tuple[int, ...]]:
+        """The model's input shapes for its feature columns: one concatenated input, or one
+        column per input (ValueError naming the columns when their count does not fit)."""
         columns = features or list(self.prepared.feature_columns)
-        return sum(math.prod(self.prepared.feature_shapes[c]) for c in columns)
+        return input_shapes(fw.num_inputs(estimator), columns, self.prepared.feature_shapes)
 
     def _sample(self, features: Any) -> DataSample:
         """A few training rows for the framework's checks of a new model (read once)."""
@@ -198,7 +200,8 @@ class ExperimentWorkspace:
             names = fw.metric_names(estimator)
         except Exception:
             raise ModelCreationFailed(traceback.format_exc()) from None
-        if self._metric_checked is not None:
+        first = self._metric_checked is not None
+        if first:
             # Checked once, on the first configuration that builds, before any training starts.
             if strip_prefix(self._metric_checked) not in names:
                 raise ValueError(
@@ -207,16 +210,27 @@ class ExperimentWorkspace:
                 )
             self._metric_checked = None
         try:
-            spec = fw.make_spec(estimator, [(self._input_width(features),)], self._sample(features))
+            shapes = self._input_shapes(fw, estimator, features)
+        except ValueError:
+            if first:  # the feature columns do not fit the model: refused before any training
+                raise
+            raise ModelCreationFailed(traceback.format_exc()) from None
+        try:
+            spec = fw.make_spec(estimator, shapes, self._sample(features))
         except Exception:
             raise ModelCreationFailed(traceback.format_exc()) from None
+        problem = label_count_problem(spec.num_outputs, self.prepared.label_columns)
+        if problem:
+            if first:  # the label columns do not fit the model: refused before any training
+                raise ValueError(f"{problem} Give label_columns one column per model output.")
+            raise ModelCreationFailed(problem)
         return self._write_model(layout.model_spec(self.name, model_id), layout.checkpoint(self.name, model_id, 0, 0),
                                  spec, spec.initial_state, {"features": features} if features else {})
 
     def exploit(self, plan: ExploitPlan, params: dict[str, Any]) -> ModelInit:
         """PBT: the target continues from the source's committed epoch-boundary state with ``params``."""
         fw, estimator, _ = self._estimator(params, exploit_init_seed(self.seed, plan.target_index, plan.spec_version))
-        spec = fw.make_spec(estimator, [(self._input_width(plan.features),)], self._sample(plan.features))
+        spec = fw.make_spec(estimator, self._input_shapes(fw, estimator, plan.features), self._sample(plan.features))
         source_spec = pickle.loads(self.store.read_bytes(plan.source_spec))
         if spec.framework != source_spec.framework or spec.arch_key != source_spec.arch_key:
             raise CerebroError(

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import CerebroError
 
-__all__ = ["column", "as_2d", "input_dtype", "reshape_to", "feature_arrays", "target_arrays", "num_rows", "take"]
+__all__ = ["column", "as_2d", "input_dtype", "reshape_to", "input_shapes", "feature_arrays", "label_count_problem",
+           "target_arrays", "num_rows", "take"]
 
 
 def column(data: Mapping[str, Any], name: str, what: str) -> np.ndarray:
@@ -70,6 +71,27 @@ def reshape_to(array: np.ndarray, shape: Sequence[int | None], describe: Callabl
     raise CerebroError(f"Cannot shape {describe()} ({width} values per row) into the model input of shape {shape}.")
 
 
+def input_shapes(num_inputs: int, feature_columns: Sequence[str],
+                 column_shapes: Mapping[str, Sequence[int]]) -> list[tuple[int, ...]]:
+    """The shapes of a model's inputs (without the batch dimension) for these feature columns.
+
+    ``column_shapes`` maps a column to the shape of its values per row (``()`` for a number).
+    One input: the columns concatenated, ``[(total width,)]``.  Several inputs: one column per
+    input, in order, each column's own shape (a number is ``(1,)``); ValueError naming the
+    columns when their count is not the number of inputs.
+    """
+    columns = list(feature_columns)
+    if num_inputs == 1:
+        return [(sum(int(np.prod(column_shapes[c], dtype=np.int64)) for c in columns),)]
+    if len(columns) != num_inputs:
+        raise ValueError(
+            f"The model has {num_inputs} inputs and takes one feature column per input, in order; "
+            f"feature_columns lists {len(columns)}: {columns}. Give {num_inputs} feature columns "
+            "(a single-input model is the one that gets the listed columns concatenated)."
+        )
+    return [tuple(int(d) for d in column_shapes[c]) or (1,) for c in columns]
+
+
 def feature_arrays(
     shapes: Sequence[Sequence[int | None]], dtypes: Sequence[Any], features: Mapping[str, Any], feature_columns: Sequence[str]
 ) -> np.ndarray | list[np.ndarray]:
@@ -103,17 +125,25 @@ def feature_arrays(
     return out
 
 
+def label_count_problem(num_outputs: int, label_columns: Sequence[str]) -> str | None:
+    """What is wrong when a model with ``num_outputs`` outputs gets these label columns (one per
+    output, in order), or None when they fit."""
+    columns = list(label_columns)
+    if len(columns) == num_outputs:
+        return None
+    return (f"The model has {num_outputs} output(s) and needs one label column per output, in order; "
+            f"got {len(columns)} label columns {columns}.")
+
+
 def target_arrays(num_outputs: int, labels: Mapping[str, Any], label_columns: Sequence[str]) -> np.ndarray | list[np.ndarray]:
     """The target array (one output) or list (several): one label column per output, in order;
     float labels are float32."""
     if isinstance(label_columns, str):
         label_columns = [label_columns]
     columns = list(label_columns)
-    if len(columns) != num_outputs:
-        raise CerebroError(
-            f"The model has {num_outputs} output(s) and needs one label column per output; "
-            f"got {len(columns)} label columns {columns}."
-        )
+    problem = label_count_problem(num_outputs, columns)
+    if problem:
+        raise CerebroError(problem)
     targets = []
     for name in columns:
         array = column(labels, name, "label")

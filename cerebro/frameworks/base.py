@@ -8,9 +8,9 @@ helpers (:meth:`Framework.export`, :class:`ModelCache`) are written once, here.
 Who calls what:
 
 * **The driver process** (``experiment/workspace.py``, ``selection.py``): :meth:`seed` before
-  the user's ``estimator_gen_fn`` runs, :meth:`make_spec` once per configuration (the spec is
-  a picklable description of the model plus its initial state as bytes),
-  :meth:`transfer_learning_rate` for PBT's exploit, :meth:`ablate` for ablation studies.
+  the user's ``estimator_gen_fn`` runs, :meth:`num_inputs` and :meth:`make_spec` once per
+  configuration (the spec is a picklable description of the model plus its initial state as
+  bytes), :meth:`transfer_learning_rate` for PBT's exploit, :meth:`ablate` for ablation studies.
 * **A worker** (``worker.py``): :meth:`limit_threads` once, a :class:`ModelCache` (which calls
   :meth:`build`, :meth:`load_state` and :meth:`state_token`), :meth:`make_inputs` /
   :meth:`make_targets` once per partition, :meth:`train_sub_epoch` or :meth:`evaluate` per
@@ -130,9 +130,16 @@ class Framework(abc.ABC):
     def metric_names(self, estimator: Any) -> list[str]:
         """``["loss", ...]``: the metrics every train and evaluation pass of this model reports."""
 
+    def num_inputs(self, estimator: Any) -> int:
+        """How many input tensors the model of ``estimator`` takes.  One (the default) gets the
+        listed feature columns concatenated in order; a model with several inputs gets one
+        feature column per input, in order (:func:`cerebro.frameworks.arrays.input_shapes`)."""
+        return 1
+
     @abc.abstractmethod
     def make_spec(self, estimator: Any, input_shapes: Sequence[Sequence[int]], sample: DataSample | None = None) -> Any:
-        """The picklable spec of ``estimator`` for data whose inputs have ``input_shapes``.
+        """The picklable spec of ``estimator`` for data whose inputs have ``input_shapes`` (one
+        shape per model input, from :func:`cerebro.frameworks.arrays.input_shapes`).
 
         ``sample`` (feature and label arrays of a few training rows, keyed by column) lets the
         adapter check one forward pass and the loss before any worker trains.  Raises

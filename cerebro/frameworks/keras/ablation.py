@@ -64,9 +64,10 @@ def ablate(estimator: KerasEstimator, *, drop_layer: str | None = None, input_wi
                 )
             entry["config"]["batch_shape"] = [shape[0], int(input_width)]
     try:
-        new_model = _rebuild(model, config, estimator.custom_objects)
+        new_model = _rebuild(model, config, estimator.serialized_model()[1])
     except Exception as exc:
         what = f"without layer {drop_layer!r}" if drop_layer else f"with {input_width} input features"
         raise CerebroError(f"cannot rebuild {model.name!r} {what}: {type(exc).__name__}: {exc}") from exc
     return KerasEstimator(new_model, fresh_optimizer(estimator.optimizer), estimator.loss, estimator.metrics,
-                          estimator.batch_size, custom_objects=estimator.custom_objects)
+                          estimator.batch_size, loss_weights=estimator.loss_weights,
+                          custom_objects=estimator.custom_objects)

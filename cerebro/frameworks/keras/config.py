@@ -2,7 +2,8 @@
 
 The driver serialises the user's model once (:func:`serialize_model`, the compile config
 dropped: workers compile with cerebro's optimizer, loss and metrics); every worker rebuilds it
-with :func:`deserialize_model`.  :func:`canonical_model_config` is the name-free form the
+with :func:`deserialize_model`, with the user's functions and classes the model uses
+(:func:`model_custom_objects`) as custom objects.  :func:`canonical_model_config` is the name-free form the
 ``arch_key`` hashes; :func:`model_input_specs` and :func:`model_output_names` read a built
 model's signature.
 """
@@ -10,12 +11,14 @@ model's signature.
 from __future__ import annotations
 
 import json
+import types
 from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
 
 from ...errors import CerebroError
+from ..shipping import SKIP_MODULES
 from .encoding import custom_scope
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "canonical_model_config",
     "model_input_specs",
     "model_output_names",
+    "model_custom_objects",
 ]
 
 
@@ -159,3 +163,59 @@ def model_output_names(model: Any) -> list[str]:
     if len(names) != len(outputs):
         names = [f"output_{i}" for i in range(len(outputs))]
     return names
+
+
+def _is_users(obj: Any) -> bool:
+    """Whether ``obj`` (a function or class) comes from the user's code, not from a library
+    every worker has."""
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        return False
+    top = module.partition(".")[0]
+    return top == "__main__" or top not in SKIP_MODULES
+
+
+def _names_by_reference(config: Any, names: set[str]) -> set[str]:
+    """The names under which ``config`` (a Keras config) refers to functions and to classes
+    that are not Keras': Keras writes those by name only, and a worker looks them up among
+    the custom objects."""
+    if isinstance(config, Mapping):
+        if "class_name" in config and "config" in config:
+            module = config.get("module")
+            if config["class_name"] == "function" and isinstance(config["config"], str):
+                names.add(config["config"])
+            elif not (isinstance(module, str) and module.partition(".")[0] == "keras"):
+                names.add(str(config["class_name"]))
+        for value in config.values():
+            _names_by_reference(value, names)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            _names_by_reference(value, names)
+    return names
+
+
+def model_custom_objects(model: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's functions and classes that ``model``'s ``config`` (from
+    :func:`serialize_model`) names by reference only: a custom activation function, an
+    unregistered layer class, the class of a custom initializer.  Found among the model's
+    layers, their classes and the objects they hold; keyed by the name the config uses.  They
+    travel to the workers with the spec (by value when a worker could not import them)."""
+    wanted = _names_by_reference(config, set())
+    found: dict[str, Any] = {}
+
+    def add(obj: Any) -> None:
+        if not isinstance(obj, (types.FunctionType, type)):
+            if isinstance(obj, (keras.layers.Layer, keras.Variable)) or not hasattr(obj, "get_config"):
+                return
+            obj = type(obj)
+        name = getattr(obj, "__name__", None)
+        if name in wanted and _is_users(obj):
+            found.setdefault(name, obj)
+
+    for layer in flatten_layers(model):
+        add(layer)
+        for value in vars(layer).values():
+            items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else (value,)
+            for item in items:
+                add(item)
+    return found

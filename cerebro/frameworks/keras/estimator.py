@@ -28,6 +28,7 @@ from .config import (
     deserialize_model,
     flatten_layers,
     json_default,
+    model_custom_objects,
     model_input_specs,
     model_output_names,
     serialize_model,
@@ -97,7 +98,8 @@ class KerasEstimator:
     (iteration count, learning rate, slots) travels with the weights at every hop.
 
     Args:
-        model: a ``keras.Model`` (Sequential, functional, or subclassed with ``get_config``).
+        model: a ``keras.Model`` (Sequential, functional, or subclassed with ``get_config``),
+            with one or more inputs and outputs.
         optimizer: a ``keras.optimizers.Optimizer`` instance or a name known to
             ``keras.optimizers.get``.
         loss: a loss name, ``keras.losses.Loss`` or a function ``(y_true, y_pred)``; for a
@@ -106,9 +108,33 @@ class KerasEstimator:
             (for a multi-output model, one list per output or a dict keyed by output name).
             Every metric is reported as a row-weighted mean.
         batch_size: rows per gradient step, an int >= 1.
+        loss_weights: for a multi-output model, the coefficient of each output's loss in the
+            total ``loss`` (a list, one number per output, or a dict keyed by output name);
+            None weighs every output 1.
         custom_objects: name -> class/function needed to rebuild the model, loss or metrics;
             they travel to the workers with cloudpickle (by value when they are defined in
-            your script or in a module the workers cannot import).
+            your script or in a module the workers cannot import).  Functions and classes the
+            model's layers use (a custom activation, an unregistered layer class) are added
+            to them automatically.
+
+    Inputs and outputs: a single-input model gets the feature columns concatenated in order; a
+    model with several inputs gets one feature column per input, in ``model.inputs`` order.
+    There is one label column per output, in ``model.outputs`` order, and ``transform`` adds
+    one ``<label>__output`` column per output.
+
+    Metric names (the keys of :meth:`metric_names`, ``history``'s ``train_<name>`` and
+    ``val_<name>`` columns and what ``evaluation_metric`` may name) are Keras 3's:
+
+    * ``loss``: the total loss (for several outputs, the ``loss_weights``-weighted sum);
+    * a metric is named as given for a string (``"accuracy"``), by ``.name`` for a
+      ``Metric`` object and by the snake-cased ``__name__`` for a function;
+    * with several outputs, every metric is prefixed with its output's name
+      (``digit_accuracy``), and when two or more outputs have a loss each one is also reported
+      unweighted as ``<output>_loss`` (``digit_loss``, ``parity_loss``);
+    * a name that comes again gets ``_1``, ``_2``, ... appended.
+
+    Output names are the names of the layers that produce ``model.outputs`` (name the output
+    layers to get readable metric names).
     """
 
     #: the adapter of this estimator (:func:`cerebro.frameworks.base.framework_of`)
@@ -122,6 +148,7 @@ class KerasEstimator:
         metrics: Sequence[Any] = (),
         batch_size: int = 32,
         *,
+        loss_weights: Sequence[float] | Mapping[str, float] | None = None,
         custom_objects: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, keras.Model):
@@ -144,7 +171,10 @@ class KerasEstimator:
         self.loss = loss
         self.metrics = metrics
         self.batch_size = batch_size
+        self.loss_weights = _validate_loss_weights(loss_weights)
         self.custom_objects = custom_objects
+        if model_input_specs(model) is not None:  # a built model: its outputs are known now
+            _check_loss_weights(self.loss_weights, model_output_names(model))
 
     def __repr__(self) -> str:
         opt = self.optimizer if isinstance(self.optimizer, str) else type(self.optimizer).__name__
@@ -162,8 +192,21 @@ class KerasEstimator:
         return list(self.metrics or ())
 
     def metric_names(self) -> list[str]:
-        """``["loss", ...]``: the keys Keras reports in fit/evaluate history for this model."""
+        """``["loss", ...]``: the keys Keras reports in fit/evaluate history for this model
+        (the naming rule is in the class docstring)."""
         return compiled_metric_names(self.loss, self.metrics, model_output_names(self.model))
+
+    def serialized_model(self) -> tuple[dict, dict[str, Any]]:
+        """The model's config and the custom objects a worker needs to rebuild it:
+        ``custom_objects`` plus the functions and classes of the user's code that the config
+        names (a custom activation, an unregistered layer class)."""
+        config = serialize_model(self.model, self.custom_objects)
+        return config, {**model_custom_objects(self.model, config), **self.custom_objects}
+
+    def num_inputs(self) -> int:
+        """The number of the model's inputs (1 for a model that is not built yet)."""
+        specs = model_input_specs(self.model)
+        return 1 if specs is None else len(specs)
 
     # -- pickling: Keras objects travel as configs, never as live objects ------------------
 
@@ -171,6 +214,7 @@ class KerasEstimator:
         weights = None
         if self.model.built:
             weights = [np.asarray(w) for w in self.model.get_weights()]
+        model_config, custom_objects = self.serialized_model()
         optimizer = (
             ("str", self.optimizer)
             if isinstance(self.optimizer, str)
@@ -178,14 +222,15 @@ class KerasEstimator:
         )
         return {
             "version": CONFIG_VERSION,
-            "model": serialize_model(self.model, self.custom_objects),
+            "model": model_config,
             "weights": weights,
             "optimizer": optimizer,
             "loss": encode(self.loss),
             "metrics": encode(self.metrics),
             "metrics_type": type(self.metrics).__name__,
             "batch_size": self.batch_size,
-            "custom_objects": with_registered_names(self.custom_objects),
+            "loss_weights": self.loss_weights,
+            "custom_objects": with_registered_names(custom_objects),
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -203,6 +248,7 @@ class KerasEstimator:
         self.model = model
         self.metrics = metrics
         self.batch_size = state["batch_size"]
+        self.loss_weights = state.get("loss_weights")
         self.custom_objects = custom_objects
 
     # -- the spec ---------------------------------------------------------------------------
@@ -239,9 +285,10 @@ class KerasEstimator:
             _check_data_fits_inputs(model.name, specs, shapes)
         output_names = model_output_names(model)
         metric_names = compiled_metric_names(self.loss, self.metrics, output_names)
+        _check_loss_weights(self.loss_weights, output_names)
 
-        model_config = serialize_model(model, self.custom_objects)
-        with custom_scope(self.custom_objects):
+        model_config, custom_objects = self.serialized_model()
+        with custom_scope(custom_objects):
             optimizer = fresh_optimizer(self.optimizer)
             opt_config = optimizer.get_config()
             loss_enc = encode(self.loss)
@@ -261,14 +308,15 @@ class KerasEstimator:
             "optimizer": (type(optimizer), opt_config),
             "loss": loss_enc,
             "metrics": metrics_enc,
-            "custom_objects": with_registered_names(self.custom_objects),
+            "loss_weights": self.loss_weights,
+            "custom_objects": with_registered_names(custom_objects),
             "batch_size": self.batch_size,
             "input_shapes": [s for s, _ in specs],
         }
         try:
             # cloudpickle: custom objects, losses and metrics defined in the user's script (or
             # in a module the workers cannot import) travel by value; the rest by reference.
-            with shipped_by_value([self.custom_objects, self.loss, self.metrics, type(optimizer)]):
+            with shipped_by_value([custom_objects, self.loss, self.metrics, type(optimizer)]):
                 config_bytes = cloudpickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
             pickle.loads(config_bytes)
         except Exception as exc:
@@ -294,9 +342,11 @@ class KerasEstimator:
             "loss": encode_key(loss_enc),
             "metrics": encode_key(metrics_enc),
             "custom_objects": sorted(
-                [k, qualified_name(v)] for k, v in self.custom_objects.items()
+                [k, qualified_name(v)] for k, v in custom_objects.items()
             ),
         }
+        if self.loss_weights is not None:  # a constant of the compiled model, not of its state
+            key["loss_weights"] = self.loss_weights
         arch_key = hashlib.sha256(
             json.dumps(key, sort_keys=True, default=json_default).encode()
         ).hexdigest()[:32]
@@ -386,6 +436,47 @@ def _validate_metrics(metrics: Any) -> None:
             raise _param_error(TypeError, "metrics", expected, item)
 
     check(metrics, 0)
+
+
+def _validate_loss_weights(loss_weights: Any) -> list[float] | dict[str, float] | None:
+    """``loss_weights`` as a list of floats or a dict of output name -> float (None stays None)."""
+    if loss_weights is None:
+        return None
+    expected = "None, a list of numbers (one per model output) or a dict mapping output names to numbers"
+    if isinstance(loss_weights, Mapping):
+        items = list(loss_weights.items())
+        if not all(isinstance(k, str) for k, _ in items):
+            raise _param_error(TypeError, "loss_weights", expected, loss_weights)
+    elif isinstance(loss_weights, (list, tuple)):
+        items = list(enumerate(loss_weights))
+    else:
+        raise _param_error(TypeError, "loss_weights", expected, loss_weights)
+    for _, weight in items:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
+            raise _param_error(ValueError, "loss_weights", f"{expected}, each finite and >= 0", loss_weights)
+    if isinstance(loss_weights, Mapping):
+        return {k: float(w) for k, w in items}
+    return [float(w) for _, w in items]
+
+
+def _check_loss_weights(loss_weights: Any, output_names: Sequence[str]) -> None:
+    """ValueError unless ``loss_weights`` has one weight per output (a dict: for every output)."""
+    if loss_weights is None:
+        return
+    if isinstance(loss_weights, Mapping):
+        unknown = sorted(set(loss_weights) - set(output_names))
+        missing = [name for name in output_names if name not in loss_weights]
+        if unknown or missing:
+            raise ValueError(
+                f"The 'loss_weights' parameter of KerasEstimator must give a weight for every model "
+                f"output {list(output_names)}; it names unknown outputs {unknown} and misses {missing}."
+            )
+    elif len(loss_weights) != len(output_names):
+        raise ValueError(
+            f"The 'loss_weights' parameter of KerasEstimator must have one weight per model output "
+            f"({len(output_names)}: {list(output_names)}) or be a dict keyed by output name. "
+            f"Got {len(loss_weights)} weights instead."
+        )
 
 
 def _validate_input_shapes(input_shapes: Any) -> list[tuple[int, ...]]:

@@ -7,6 +7,7 @@ modules of this package, plus the few result-side operations (predict, save, loa
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -20,10 +21,14 @@ from . import state as checkpoint
 from .build import build_compiled
 from .estimator import KerasEstimator, ModelSpec
 
-__all__ = ["KerasFramework", "FRAMEWORK", "ModelCache", "MODEL_FILE"]
+__all__ = ["KerasFramework", "FRAMEWORK", "ModelCache", "MODEL_FILE", "STATE_FILE"]
 
-#: the file :meth:`KerasFramework.save` writes into its directory
+log = logging.getLogger(__name__)
+
+#: the Keras file :meth:`KerasFramework.save` writes into its directory (plain Keras reads it)
 MODEL_FILE = "model.keras"
+#: the checkpoint bytes (weights and optimizer state) :meth:`KerasFramework.load` reads back
+STATE_FILE = "state.npz"
 
 
 class KerasFramework(base.Framework):
@@ -47,6 +52,9 @@ class KerasFramework(base.Framework):
 
     def metric_names(self, estimator: KerasEstimator) -> list[str]:
         return estimator.metric_names()
+
+    def num_inputs(self, estimator: KerasEstimator) -> int:
+        return estimator.num_inputs()
 
     def make_spec(self, estimator: KerasEstimator, input_shapes: Sequence[Sequence[int]],
                   sample: base.DataSample | None = None) -> ModelSpec:
@@ -119,14 +127,42 @@ class KerasFramework(base.Framework):
         return model
 
     def save(self, model: keras.Model, spec: ModelSpec, directory: str) -> dict[str, Any]:
-        """``model.save`` to ``<directory>/model.keras``; returns ``{"keras": <version>}``."""
+        """Write ``<directory>/model.keras`` and ``<directory>/state.npz``; returns
+        ``{"keras": <version>}``.
+
+        ``model.keras`` is for plain Keras: the model compiled with the user's own loss and
+        metrics (not cerebro's row-weighted wrappers of metric functions), so
+        ``keras.models.load_model(path, custom_objects={...})`` needs only the user's objects.
+        ``state.npz`` holds the exact weights and optimizer state, which :meth:`load` puts
+        into the model rebuilt from the spec (whose code travels by value).
+        """
         os.makedirs(directory, exist_ok=True)
-        model.save(os.path.join(directory, MODEL_FILE))
+        state = checkpoint.state_to_bytes(model)
+        portable = build_compiled(spec, row_weighted=False)
+        checkpoint.state_from_bytes(portable, state)
+        try:
+            portable.save(os.path.join(directory, MODEL_FILE))
+        except Exception as exc:  # noqa: BLE001 - e.g. a functools.partial metric: Keras cannot name it
+            log.warning("%s holds the model and its optimizer but not its loss and metrics, which Keras cannot "
+                        "serialise (%s: %s); cerebro.load_model reads the directory as it trained",
+                        MODEL_FILE, type(exc).__name__, exc)
+            portable.compile(optimizer=portable.optimizer)
+            portable.save(os.path.join(directory, MODEL_FILE))
+        with open(os.path.join(directory, STATE_FILE), "wb") as fh:
+            fh.write(state)
         return {"keras": keras.__version__}
 
     def load(self, spec: ModelSpec, directory: str, custom_objects: Mapping[str, Any] | None = None) -> keras.Model:
-        """``keras.models.load_model`` of ``<directory>/model.keras`` with the custom objects the
-        model was built with (from the spec), updated by ``custom_objects``."""
+        """The model as :meth:`build` gives it (compiled as it trained) holding the state that
+        :meth:`save` wrote, whatever losses and metrics it was compiled with.  ``custom_objects``
+        add to those the spec carries; a directory without ``state.npz`` (written by an older
+        cerebro) is read with ``keras.models.load_model`` and them."""
+        state_path = os.path.join(directory, STATE_FILE)
+        if os.path.exists(state_path):
+            model = build_compiled(spec, custom_objects=custom_objects)
+            with open(state_path, "rb") as fh:
+                checkpoint.state_from_bytes(model, fh.read())
+            return model
         known = dict(spec.load_config().get("custom_objects") or {})
         known.update(custom_objects or {})
         return keras.models.load_model(os.path.join(directory, MODEL_FILE), custom_objects=known or None)
