@@ -64,6 +64,7 @@ from cerebro.storage.base import (
     temp_sibling,
 )
 from cerebro.storage.hdfs_driver import HDFSDriver
+from cerebro.storage.legacy import hdfs_prefix, ignore_extra_conf, ignore_layout_arguments
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow.fs
@@ -199,6 +200,10 @@ class HDFSStore(Store):
     - ``replication``: block replication of the files this store writes (default: the
       cluster's).
     - ``driver``: ``"auto"``, ``"libhdfs"`` or ``"webhdfs"``.
+    - The original Cerebro's ``host`` and ``port`` complete a ``prefix_path`` given as
+      ``hdfs:///path`` or ``/path``; its ``train_path``, ``val_path``, ``runs_path``, ``temp_dir``
+      and ``extra_conf`` are accepted with a warning that they have no effect
+      (docs/migrating.md).
 
     Store paths follow :func:`~cerebro.storage.base.normalize_path`, as in LocalStore.
     """
@@ -212,8 +217,18 @@ class HDFSStore(Store):
         webhdfs_url: str | None = None,
         replication: int | None = None,
         driver: str = "auto",
+        host: str | None = None,
+        port: int | None = None,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        runs_path: str | None = None,
+        temp_dir: str | None = None,
+        extra_conf: dict | None = None,
     ) -> None:
-        host, port, root = parse_hdfs_url(prefix_path)
+        host, port, root = parse_hdfs_url(hdfs_prefix(prefix_path, host, port))
+        ignore_layout_arguments("HDFSStore", 2, train_path=train_path, val_path=val_path,
+                                runs_path=runs_path, temp_dir=temp_dir)
+        ignore_extra_conf(extra_conf, 2)
         if user is not None and (not isinstance(user, str) or not user.strip()):
             raise ValueError(f"The 'user' parameter of HDFSStore must be a non-empty str or None. Got {user!r} instead.")
         if kerb_ticket is not None:

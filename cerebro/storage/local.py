@@ -18,6 +18,7 @@ from cerebro.storage.base import (
     normalize_path,
     temp_sibling,
 )
+from cerebro.storage.legacy import ignore_layout_arguments
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow.fs
@@ -46,9 +47,16 @@ class LocalStore(Store):
     resolved now, so the store means the same directory in every worker process.
     The directory is created if missing. Picklable: the only attribute is the
     absolute root path.
+
+    ``train_path``, ``val_path``, ``runs_path`` and ``temp_dir`` are the original Cerebro's
+    arguments, accepted so that its scripts run: everything is kept under ``prefix_path`` here,
+    so each one given warns that it has no effect (docs/migrating.md).
     """
 
-    def __init__(self, prefix_path: str | os.PathLike[str]) -> None:
+    def __init__(self, prefix_path: str | os.PathLike[str], *, train_path: str | None = None,
+                 val_path: str | None = None, runs_path: str | None = None, temp_dir: str | None = None) -> None:
+        ignore_layout_arguments("LocalStore", 2, train_path=train_path, val_path=val_path,
+                                runs_path=runs_path, temp_dir=temp_dir)
         if isinstance(prefix_path, os.PathLike):
             prefix_path = os.fspath(prefix_path)
         if not isinstance(prefix_path, str):
