@@ -213,7 +213,7 @@ def model_custom_objects(model: Any, config: Mapping[str, Any]) -> dict[str, Any
             found.setdefault(name, obj)
 
     for layer in flatten_layers(model):
-        add(layer)
+        add(type(layer))   # an unregistered layer class of the script
         for value in vars(layer).values():
             items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else (value,)
             for item in items:
