@@ -106,6 +106,20 @@ def _visit_frame(frame: pd.DataFrame | None, kind: str) -> pd.DataFrame:
 # Gantt chart
 # --------------------------------------------------------------------------------------------
 
+def _distinct(rows: pd.DataFrame, column: str, sep: str) -> str:
+    """The distinct non-empty values of ``rows[column]`` in order, joined ("" if no such column)."""
+    if column not in rows.columns:
+        return ""
+    return sep.join(str(v) for v in dict.fromkeys(rows[column].dropna().tolist()) if str(v))
+
+
+def _worker_label(visits: pd.DataFrame, worker: Any) -> str:
+    """``worker 0`` and, where ``visits`` recorded them, its device and host (``cuda:1 @ node-3``)."""
+    rows = visits[visits["worker"] == worker]
+    where = [v for v in (_distinct(rows, "device", "/"), _distinct(rows, "host", "/")) if v]
+    return f"worker {worker}" + (f"\n{' @ '.join(where)}" if where else "")
+
+
 def plot_gantt(visits: pd.DataFrame, evaluations: pd.DataFrame | None, path: str, *,
                model_ids: Sequence[str] | None = None, title: str | None = None) -> str:
     """Draw the MOP schedule to the PNG file ``path`` and return ``path``.
@@ -174,7 +188,7 @@ def plot_gantt(visits: pd.DataFrame, evaluations: pd.DataFrame | None, path: str
                         va="center", fontsize=7.5, color="white" if _dark(colours[row.model_id]) else "black",
                         clip_on=True)
 
-    ax.set_yticks(range(len(workers)), [f"worker {w}" for w in workers])
+    ax.set_yticks(range(len(workers)), [_worker_label(allv, w) for w in workers])
     ax.set_ylim(-0.6, len(workers) - 0.4 if workers else 0.6)
     ax.invert_yaxis()
     ax.set_xlim(0, span * 1.01)
@@ -602,6 +616,7 @@ def render_html(loaded: dict[str, Any], gantt_png: bytes, curves_png: bytes) -> 
     hist = history.sort_values(["model_id", "epoch"], kind="stable") if not history.empty else history
     history_html = _table(hist, "history", best_model_id=best_id)
 
+    workers_html = _workers_table(loaded["visits"], loaded.get("evaluations"))
     failed_html = ""
     fail_frames = []
     for frame, kind in ((loaded["visits"], "training"), (loaded.get("evaluations"), "evaluation")):
@@ -611,7 +626,8 @@ def render_html(loaded: dict[str, Any], gantt_png: bytes, curves_png: bytes) -> 
                 fail_frames.append(f.assign(kind=kind))
     if fail_frames:
         fails = pd.concat(fail_frames, ignore_index=True)
-        cols = [c for c in ("kind", "model_id", "epoch", "partition", "worker", "attempt", "start", "end", "status")
+        cols = [c for c in ("kind", "model_id", "epoch", "partition", "worker", "host", "device", "attempt", "start",
+                            "end", "status")
                 if c in fails.columns]
         fails = fails[cols]
         if "start" in fails.columns and "end" in fails.columns and s["first_start"] is not None:
@@ -644,11 +660,35 @@ def render_html(loaded: dict[str, Any], gantt_png: bytes, curves_png: bytes) -> 
 <p class="note">One row per worker; colour = model, hatched = evaluation, red with × = failed attempt.
 Workers were busy {_esc(busy)} of the {_esc(_duration(s['wall_s']))} span.</p>{no_evals}
 {_img(gantt_png, "MOP schedule")}</section>
+{workers_html}
 {failed_html}
 <section><h2>History ({len(history)} rows: one per model and epoch)</h2>
 <div class="scroll">{history_html}</div></section>
 </main></body></html>
 """
+
+
+def _workers_table(visits: pd.DataFrame, evaluations: pd.DataFrame | None) -> str:
+    """One row per worker: where it ran (host, device) and what it did; "" without those columns."""
+    frames = [f for f in (visits, evaluations) if f is not None and len(f)]
+    if not frames:
+        return ""
+    allv = pd.concat(frames, ignore_index=True)
+    if "device" not in allv.columns and "host" not in allv.columns:
+        return ""   # written before cerebro recorded them
+    rows = []
+    for worker, group in allv.groupby("worker", sort=True):
+        ok = group[group["status"].astype(str) == "ok"]
+        busy = pd.to_numeric(ok["end"], errors="coerce") - pd.to_numeric(ok["start"], errors="coerce")
+        rows.append({
+            "worker": worker,
+            "host": _distinct(group, "host", ", "), "device": _distinct(group, "device", ", "),
+            "visits": len(group), "failed": int((group["status"].astype(str) != "ok").sum()),
+            "busy (s)": round(float(busy.sum()), 2),
+        })
+    return (f'<section><h2>Workers ({len(rows)})</h2><p class="note">Where each worker ran: its host and device '
+            f'(<code>cpu</code> or <code>cuda:&lt;physical id&gt;</code>).</p>'
+            f'<div class="scroll">{_table(pd.DataFrame(rows), "workers")}</div></section>')
 
 
 def write_report(experiment_dir: str) -> tuple[str, str]:

@@ -14,11 +14,18 @@ import pickle
 import time
 from typing import Any
 
+from .backends.devices import host, worker_device
 from .errors import CerebroError
 from .experiment.tasks import Task, TaskResult
 from .frameworks.base import Framework, ModelCache, get_framework
 
 log = logging.getLogger(__name__)
+
+
+def where() -> tuple[str, str]:
+    """(host, device) of this worker process, as ``visits`` records them: the device is
+    what the backend pinned the worker to (``"cuda:<physical id>"``), else ``"cpu"``."""
+    return host(), worker_device()
 
 
 def read_checkpoint(store: Any, path: str, checksum: str | None) -> bytes:

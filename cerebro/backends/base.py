@@ -37,8 +37,13 @@ class WorkerSetup:
 
 @dataclass(frozen=True)
 class WorkerReady:
+    """The worker started (or, reused, is ready again): its process id, the host it runs on and
+    its device (``"cpu"`` or ``"cuda:<physical id>"``), recorded with every visit it runs."""
+
     worker: int
     pid: int | None = None
+    host: str = ""
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)

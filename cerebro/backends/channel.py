@@ -1,7 +1,7 @@
 """The driver's side of the worker protocol, shared by the process and Spark backends.
 
 A worker (see :func:`cerebro.backends.local.worker_main`) talks over one duplex
-``multiprocessing.connection.Connection``: it sends ``("ready", pid)`` once started, then
+``multiprocessing.connection.Connection``: it sends ``("ready", pid, (host, device))`` once started, then
 ``("done", task_id, result)`` or ``("failed", task_id, traceback)`` per task, or
 ``("dead", traceback)`` when it cannot start; the driver sends ``(task_id, task)`` or ``None``
 (goodbye).  :class:`WorkerChannels` keeps the per-worker connection state (ready, busy, what
@@ -25,6 +25,12 @@ class WorkerChannels:
         self.busy: dict[int, int] = {}
         self.running: dict[int, Task] = {}
         self.pids: dict[int, int] = {}
+        self.where: dict[int, tuple[str, str]] = {}   # worker -> (host, device) it reported
+
+    def ready_event(self, worker: int) -> WorkerReady:
+        """The :class:`WorkerReady` of a started worker (again, when a backend reuses it)."""
+        host, device = self.where.get(worker, ("", "cpu"))
+        return WorkerReady(worker, self.pids.get(worker), host, device)
 
     def add(self, worker: int, conn: Any) -> None:
         self.discard(worker)
@@ -55,7 +61,9 @@ class WorkerChannels:
                 if msg[0] == "ready":
                     self.ready.add(worker)
                     self.pids[worker] = msg[1]
-                    events.append(WorkerReady(worker, msg[1]))
+                    if len(msg) > 2:
+                        self.where[worker] = tuple(msg[2])
+                    events.append(self.ready_event(worker))
                 elif msg[0] == "done":
                     self.busy.pop(worker, None)
                     events.append(TaskDone(worker, msg[1], msg[2]))

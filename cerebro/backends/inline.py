@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .base import Backend, BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup, check_num_workers
 from ..experiment.tasks import Task
+from ..worker import where
 
 
 def _default_runtime(setup: WorkerSetup, worker: int):
@@ -48,13 +49,13 @@ class InlineBackend(Backend):
         self._queue.clear()
         for w in range(self.num_workers):
             self._runtimes[w] = self.runtime_factory(setup, w)
-            self._pending.append(WorkerReady(w, None))
+            self._pending.append(WorkerReady(w, None, *where()))
 
     def restart(self, worker: int) -> None:
         assert self._setup is not None
         self.restarts += 1
         self._runtimes[worker] = self.runtime_factory(self._setup, worker)
-        self._pending.append(WorkerReady(worker, None))
+        self._pending.append(WorkerReady(worker, None, *where()))
 
     def submit(self, worker: int, task_id: int, task: Task) -> None:
         self._queue.append((worker, task_id, task))

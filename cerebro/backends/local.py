@@ -4,6 +4,12 @@ Each worker process is started with the ``spawn`` method, imports TensorFlow onc
 own partitions once, and then trains sub-epochs on command over a pipe.  A process that dies
 (SIGKILL, OOM, segfault) shows up as a :class:`WorkerDied` event, never as a hang: the engine
 restarts it and retries the lost sub-epoch from the last committed checkpoint.
+
+GPU placement (``gpus=``, ``workers_per_gpu=``): :mod:`cerebro.backends.devices` maps the
+arguments to each worker's GPU and gives :func:`worker_main` the environment to set
+(``CUDA_VISIBLE_DEVICES``, ``CEREBRO_DEVICE``) before any framework is imported; a restarted
+worker gets the same GPU.  Internal, for tests only: :meth:`LocalBackend._probe_env` asks a
+ready, idle worker for its ``os.environ`` over its pipe.
 """
 
 from __future__ import annotations
@@ -19,13 +25,17 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
-from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
+from . import devices
+from .base import Backend, BackendEvent, WorkerDied, WorkerSetup, check_timeout
 from .channel import WorkerChannels
 from .._checks import check_int
 from ..storage import layout
 from ..experiment.tasks import Task
 
 log = logging.getLogger(__name__)
+
+#: internal (tests): a worker answers this message with ("env", dict(os.environ))
+_PROBE_ENV = "cerebro:probe-env"
 
 
 def _limit_native_threads(threads: int | None) -> None:
@@ -59,8 +69,14 @@ def _main_module_hidden():
             main.__dict__.update(saved)
 
 
-def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
-    """Entry point of a worker process (also used by tests).  Returns when the pipe closes."""
+def worker_main(conn: Any, worker: int, setup: WorkerSetup, env: dict[str, str] | None = None) -> None:
+    """Entry point of a worker process (also used by tests).  Returns when the pipe closes.
+
+    ``env`` (:func:`cerebro.backends.devices.worker_env`: ``CUDA_VISIBLE_DEVICES``,
+    ``CEREBRO_DEVICE``) is set first, before any framework is imported.
+    """
+    if env:
+        os.environ.update(env)
     if setup.log_dir:
         os.makedirs(setup.log_dir, exist_ok=True)
         fd = os.open(os.path.join(setup.log_dir, layout.file_name(layout.worker_log(worker))), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -72,13 +88,13 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
     _limit_native_threads(setup.threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker} %(name)s %(levelname)s %(message)s")
     try:
-        from ..worker import WorkerRuntime
+        from ..worker import WorkerRuntime, where
 
         runtime = WorkerRuntime(setup.store, setup.prepared, worker, setup.threads, setup.frameworks)
     except BaseException:
         conn.send(("dead", traceback.format_exc()))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), where()))
     while True:
         try:
             msg = conn.recv()
@@ -86,6 +102,9 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup) -> None:
             return  # the driver went away: nothing left to do
         if msg is None:
             return
+        if msg == _PROBE_ENV:
+            conn.send(("env", dict(os.environ)))
+            continue
         task_id, task = msg
         try:
             result = runtime.run(task)
@@ -111,7 +130,16 @@ def _describe_exit(code: int | None) -> str:
 
 
 class LocalBackend(Backend):
-    """``LocalBackend(num_workers=2, *, start_timeout=120, threads_per_worker=None)``.
+    """``LocalBackend(num_workers=None, *, gpus=None, workers_per_gpu=1, start_timeout=120, threads_per_worker=None)``.
+
+    ``gpus=None``: CPU workers (``num_workers`` defaults to 2) that see no GPU
+    (``CUDA_VISIBLE_DEVICES=""``).  ``gpus="all"``, an int ``n`` (the first ``n`` visible GPUs) or a list of
+    physical GPU ids (as ``nvidia-smi`` numbers them): worker ``w`` gets the GPU
+    ``gpus[w % len(gpus)]``; ``num_workers`` defaults to ``len(gpus) * workers_per_gpu`` and may
+    not exceed it (fewer is fine).  Each GPU worker sees only its GPU (``CUDA_VISIBLE_DEVICES``
+    set before the framework is imported); Keras workers turn TensorFlow's memory growth on, so
+    workers can share a GPU.  GPUs that are not visible are refused here, naming what is.  See
+    :mod:`cerebro.backends.devices`.
 
     ``threads_per_worker`` bounds TensorFlow's thread pools in each worker; by default the
     machine's cores are divided among the workers (at least one each), so two workers on a
@@ -120,8 +148,14 @@ class LocalBackend(Backend):
     block.
     """
 
-    def __init__(self, num_workers: int = 2, *, start_timeout: float = 120, threads_per_worker: int | None = None) -> None:
-        self.num_workers = check_num_workers("LocalBackend", num_workers)
+    def __init__(self, num_workers: int | None = None, *, gpus: Any = None, workers_per_gpu: int = 1,
+                 start_timeout: float = 120, threads_per_worker: int | None = None) -> None:
+        visible = devices.discover_gpus() if gpus is not None else ()
+        self._devices = devices.worker_devices(gpus, workers_per_gpu, num_workers, visible)
+        self.num_workers = len(self._devices)
+        self.gpus: tuple[int, ...] | None = (
+            None if gpus is None else tuple(dict.fromkeys(d for ids in self._devices for d in ids)))
+        self.workers_per_gpu = int(workers_per_gpu)
         self.start_timeout = check_timeout("LocalBackend", "start_timeout", start_timeout)
         if threads_per_worker is not None:
             check_int("LocalBackend", "threads_per_worker", threads_per_worker, expected="an int >= 1 or None")
@@ -133,7 +167,25 @@ class LocalBackend(Backend):
         self._setup: WorkerSetup | None = None
 
     def __repr__(self) -> str:
-        return f"LocalBackend(num_workers={self.num_workers})"
+        if self.gpus is None:
+            return f"LocalBackend(num_workers={self.num_workers})"
+        return f"LocalBackend(num_workers={self.num_workers}, gpus={list(self.gpus)}, workers_per_gpu={self.workers_per_gpu})"
+
+    def worker_device(self, worker: int) -> str:
+        """The device label worker ``worker`` gets (``"cpu"`` or ``"cuda:<physical id>"``)."""
+        return devices.device_label(self._devices[worker])
+
+    def _probe_env(self, worker: int, timeout: float = 30) -> dict[str, str]:
+        """Internal, for tests only: the ``os.environ`` of a ready, idle worker's process."""
+        if worker not in self._ch.ready or worker in self._ch.busy:
+            raise RuntimeError(f"worker {worker} is not ready and idle")
+        conn = self._ch.conns[worker]
+        conn.send(_PROBE_ENV)
+        if not conn.poll(timeout):
+            raise TimeoutError(f"worker {worker} did not answer the environment probe in {timeout} s")
+        kind, env = conn.recv()
+        assert kind == "env", kind
+        return env
 
     @property
     def threads(self) -> int:
@@ -158,7 +210,7 @@ class LocalBackend(Backend):
         )
         if reusable:
             # Same data, same store: keep the processes (TensorFlow imported, partitions cached).
-            self._pending.extend(WorkerReady(w, self._procs[w].pid) for w in range(self.num_workers))
+            self._pending.extend(self._ch.ready_event(w) for w in range(self.num_workers))
             return
         self.close()
         self._setup = setup
@@ -168,7 +220,7 @@ class LocalBackend(Backend):
     def _spawn(self, w: int) -> None:
         assert self._setup is not None
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, args=(child, w, self._setup), name=f"cerebro-worker-{w}", daemon=True)
+        proc = self._ctx.Process(target=worker_main, args=(child, w, self._setup, devices.worker_env(self._devices[w])), name=f"cerebro-worker-{w}", daemon=True)
         with _main_module_hidden():
             proc.start()
         child.close()

@@ -24,8 +24,8 @@ __all__ = [
 ]
 
 # The columns of ``visits`` / ``evaluations`` rows, in order.
-VISIT_COLUMNS = ("model_id", "epoch", "partition", "worker", "start", "end", "rows", "status", "attempt",
-                 "load_s", "compute_s", "save_s")
+VISIT_COLUMNS = ("model_id", "epoch", "partition", "worker", "host", "device", "start", "end", "rows", "status",
+                 "attempt", "load_s", "compute_s", "save_s")
 RUN_MARKS = ("started", "resumed", "finished", "aborted")
 
 
@@ -98,6 +98,8 @@ class Visit(_Base):
     checkpoint: str | None = None    # ok training visits: the committed checkpoint
     checksum: str | None = None
     time: float = 0.0
+    host: str = ""                   # where the worker ran ("" in journals written before it was recorded)
+    device: str = ""                 # "cpu" or "cuda:<physical id>"
 
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in VISIT_COLUMNS}

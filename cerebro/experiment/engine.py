@@ -147,6 +147,7 @@ class Engine:
         self._alive: set[int] = set()
         self._starting: dict[int, float] = {}
         self._deaths: dict[int, int] = {}
+        self._where: dict[int, tuple[str, str]] = {}   # worker -> (host, device), from WorkerReady
         self._building: set[int] = set()   # indices a running _fill is building
         self._frameworks: set[str] = set()  # frameworks of the models this run created
 
@@ -311,7 +312,8 @@ class Engine:
         if isinstance(ev, WorkerReady):
             self._starting.pop(ev.worker, None)
             self._alive.add(ev.worker)
-            log.debug("worker %d ready (pid %s)", ev.worker, ev.pid)
+            self._where[ev.worker] = (ev.host, ev.device)
+            log.debug("worker %d ready (pid %s, %s on %s)", ev.worker, ev.pid, ev.device, ev.host)
             self._emit("worker_ready", worker=ev.worker, pid=ev.pid)
             self._handle(WorkerJoined(ev.worker))
         elif isinstance(ev, TaskDone):
@@ -369,6 +371,7 @@ class Engine:
                         error: str | None) -> None:
         end = self.clock()
         timing = result.timing if result is not None else {}
+        host, device = self._where.get(cmd.worker, ("", ""))
         record = Visit(
             task.kind, cmd.model_id, cmd.epoch, cmd.partition, cmd.worker, start, end,
             int(result.rows) if result is not None else 0, status, cmd.attempt,
@@ -376,7 +379,7 @@ class Engine:
             dict(result.metrics) if result is not None else {},
             result.checkpoint if status == "ok" and task.kind == "train" else None,
             result.checksum if status == "ok" and task.kind == "train" else None,
-            time=end,
+            time=end, host=host, device=device,
         )
         model = self.state.models[cmd.model_id]
         first_failure = status == "failed" and model.error is None

@@ -107,6 +107,19 @@ def test_grid_of_torch_models_picks_the_most_accurate(grid_result):
     assert r.best_model.framework == "torch"
 
 
+def test_every_visit_records_the_host_and_device_it_ran_on(grid_result, tmp_path):
+    import socket
+
+    from cerebro.report import write_report
+
+    visits = grid_result.visits
+    assert list(visits.columns[:6]) == ["model_id", "epoch", "partition", "worker", "host", "device"]
+    assert set(visits["host"]) == {socket.gethostname()} and set(visits["device"]) == {"cpu"}
+    png_path, html_path = write_report(grid_result.experiment_dir)
+    html = open(html_path).read()
+    assert "<h2>Workers (2)</h2>" in html and html.count(">cpu</td>") == 2
+
+
 def test_mop_equals_sequential_sgd_for_torch(grid_result):
     from cerebro.replay import replay_model
 

@@ -74,6 +74,11 @@ class KerasFramework(base.Framework):
     def limit_threads(self, num_threads: int | None) -> None:
         train.limit_threads(num_threads)
 
+    def warm_up(self) -> None:
+        """Turn TensorFlow's memory growth on for the GPUs this worker sees (none: nothing), so
+        that workers can share a GPU; called at worker start, before TF initialises devices."""
+        train.enable_memory_growth()
+
     def build(self, spec: ModelSpec) -> keras.Model:
         return build_compiled(spec)
 

@@ -17,7 +17,7 @@ from ..._checks import check_int
 from ...core.seeds import layer_seed_values, row_order
 from ..arrays import num_rows, take
 
-__all__ = ["train_sub_epoch", "evaluate", "limit_threads", "seed_model_creation"]
+__all__ = ["train_sub_epoch", "evaluate", "limit_threads", "enable_memory_growth", "seed_model_creation"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,25 @@ def limit_threads(num_threads: int | None) -> None:
                 "keeping %d): %s",
                 name, num_threads, get(), exc,
             )
+
+
+def enable_memory_growth() -> int:
+    """Turn memory growth on for every GPU TensorFlow sees in this process; return how many.
+
+    Call before TF initialises its devices (at worker start), so that workers sharing a GPU
+    (``LocalBackend(workers_per_gpu=2)``) do not each reserve all of its memory.  No GPU: 0,
+    nothing done.  Too late (TF initialised): a warning, and the memory stays as it is.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError) as exc:
+            logger.warning("cannot turn memory growth on for %s (TensorFlow is already initialised): %s",
+                           gpu.name, exc)
+    return len(gpus)
 
 
 def seed_model_creation(seed: int) -> None:
