@@ -32,11 +32,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ..errors import CerebroError
-from .base import Backend, BackendEvent, WorkerDied, WorkerReady, WorkerSetup, check_num_workers, check_timeout
+from .base import Backend, BackendEvent, WorkerDied, WorkerSetup, check_num_workers, check_timeout
 from .channel import WorkerChannels
+from .devices import discover_gpus, worker_env
 from .spark_probe import check_executor_python, first_line
 from ..experiment.tasks import Task
 
@@ -50,13 +51,47 @@ REGISTRATION_GRACE = 60.0
 _WORKER_MODULES = ("cerebro", "pyarrow")
 
 
+#: What a task without a GPU resource on an executor with GPUs is told to set.
+GPU_SETTINGS_ADVICE = (
+    "give each task its GPU through Spark's resource scheduling: spark.executor.resource.gpu.amount, "
+    "spark.task.resource.gpu.amount (e.g. 1) and a discovery script "
+    "(spark.executor.resource.gpu.discoveryScript, e.g. Spark's getGpusResources.sh)"
+)
+
+
+def task_gpu_env(resources: Mapping[str, Any], executor_gpus: Sequence[int]) -> tuple[dict[str, str], str | None]:
+    """The environment a barrier task sets before any framework is imported, and a warning.
+
+    ``resources`` is ``TaskContext.resources()``: with a ``"gpu"`` resource the task sees only
+    the GPU addresses Spark assigned it (``CUDA_VISIBLE_DEVICES``; ``CEREBRO_DEVICE`` is
+    ``cuda:<address>`` in ``visits``).  Without one it is a CPU worker that sees no GPU; if the executor has GPUs
+    (``executor_gpus``, from :func:`cerebro.backends.devices.discover_gpus`), the warning names
+    the Spark settings that would give it one.
+    """
+    gpu = resources.get("gpu") if resources else None
+    addresses = [str(a) for a in (getattr(gpu, "addresses", None) or [])] if gpu is not None else []
+    if addresses:
+        return worker_env(addresses), None
+    warning = None
+    if executor_gpus:
+        warning = (f"this Spark task was assigned no GPU although its executor has {len(executor_gpus)} "
+                   f"({', '.join(map(str, executor_gpus))}), so its MOP worker trains on the CPU; "
+                   + GPU_SETTINGS_ADVICE)
+    return worker_env(()), warning
+
+
 def _barrier_task(address: tuple[str, int], secret: bytes, generation: int, setup: WorkerSetup, _rows: Any):
     """Body of one barrier task (runs in a Spark executor's Python worker)."""
     from pyspark import BarrierTaskContext
 
     from .local import worker_main
 
-    worker = BarrierTaskContext.get().partitionId()
+    context = BarrierTaskContext.get()
+    env, warning = task_gpu_env(context.resources(), discover_gpus().visible)
+    os.environ.update(env)   # before worker_main imports a framework (a reused Python worker may already have)
+    if warning:
+        log.warning("%s", warning)
+    worker = context.partitionId()
     conn = mpc.Client(address, family="AF_INET", authkey=secret)
     try:
         conn.send(("hello", generation, worker, socket.gethostname(), os.getpid()))
@@ -325,7 +360,7 @@ class SparkBackend(Backend):
             and not self._ch.busy and len(self._ch.ready) == self.num_workers
         )
         if reusable:
-            self._pending.extend(WorkerReady(w, self._ch.pids.get(w)) for w in range(self.num_workers))
+            self._pending.extend(self._ch.ready_event(w) for w in range(self.num_workers))
             return
         self._end_stage(wait=30)
         self._ensure_server()
