@@ -48,7 +48,42 @@ def build_compiled(spec: ModelSpec, *, row_weighted: bool = True, custom_objects
         )
         optimizer.build(model.trainable_variables)
     _row_weight_output_losses(model)
+    model._cerebro_runs_users_code = runs_users_code(model, config)
     return model
+
+
+def _keras_own(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    return module == "keras" or module.startswith("keras.")
+
+
+def _encoded_users_code(enc: tuple) -> bool:
+    """Whether an :func:`encode`d loss/metrics argument names anything but Keras' own."""
+    if enc[0] == "dict":
+        return any(_encoded_users_code(v) for _, v in enc[1])
+    if enc[0] == "list":
+        return any(_encoded_users_code(v) for v in enc[1])
+    if enc[0] in ("obj", "fn"):
+        return not _keras_own(enc[1])
+    return False
+
+
+def runs_users_code(model: Any, config: Mapping[str, Any]) -> bool:
+    """Whether a training step of ``model`` may run code other than Keras' own: a layer, model,
+    optimizer, loss or metric class or function of the user's, a Lambda layer, or custom objects.
+
+    Keras' own layers draw their randomness (dropout, noise, augmentation) from their seed
+    generators, which every sub-epoch resets from its seed; only the user's code can reach
+    TensorFlow's stateful random ops, whose streams ``tf.random.set_seed`` restarts.  That reset
+    clears TensorFlow's kernel caches and costs ~0.1 s per sub-epoch, so the training loop pays
+    it only where it can matter (see :func:`cerebro.frameworks.keras.train.seed_sub_epoch`).
+    """
+    if config.get("custom_objects"):
+        return True
+    classes = [type(model), type(model.optimizer), *(type(layer) for layer in model._flatten_layers())]
+    if any(not _keras_own(c) or issubclass(c, keras.layers.Lambda) for c in classes):
+        return True
+    return _encoded_users_code(config["loss"]) or _encoded_users_code(config["metrics"])
 
 
 def _row_weight_output_losses(model: Any) -> None:

@@ -8,7 +8,8 @@ the model trained in one process on the same data order with the same seeds.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+import random
+from typing import Any
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ from ..._checks import check_int
 from ...core.seeds import layer_seed_values, row_order
 from ..arrays import num_rows, take
 
-__all__ = ["train_sub_epoch", "evaluate", "limit_threads", "enable_memory_growth", "seed_model_creation"]
+__all__ = ["train_sub_epoch", "seed_sub_epoch", "evaluate", "limit_threads", "enable_memory_growth", "seed_model_creation"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,104 @@ def _reset_seed_generators(model: Any, seed: int) -> None:
         variable.assign(np.asarray([value, 0], dtype=dtype))
 
 
-def _history_means(history: Mapping[str, list]) -> dict[str, float]:
-    return {name: float(values[-1]) for name, values in history.items()}
+def seed_sub_epoch(model: Any, seed: int) -> None:
+    """Seed every generator a training pass of ``model`` can draw from.
+
+    Python's, NumPy's and Keras' global generators always, and every layer seed generator
+    from ``seed``.  TensorFlow's global seed only when the model runs code of the user's
+    (:func:`cerebro.frameworks.keras.build.runs_users_code`; a model built elsewhere counts
+    as such): ``tf.random.set_seed`` clears TensorFlow's kernel caches, about 0.1 s per call,
+    and Keras' own layers never read it.
+    """
+    value = int(seed) % 2**32  # numpy's global seed must fit in 32 bits
+    if getattr(model, "_cerebro_runs_users_code", True):
+        keras.utils.set_random_seed(value)
+    else:
+        _set_seed_except_tensorflow(value)
+    _reset_seed_generators(model, seed)
+
+
+def _set_seed_except_tensorflow(value: int) -> None:
+    """What ``keras.utils.set_random_seed`` does for the TensorFlow backend, less its
+    ``tf.random.set_seed``."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random import seed_generator
+        from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+    except ImportError:  # a Keras whose internals moved: pay for the full reset
+        keras.utils.set_random_seed(value)
+        return
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, value)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(value)
+    np.random.seed(value)
+
+
+def _tensorflow_ready(arrays: Any) -> Any:
+    """The structure Keras' array adapter feeds ``fit``: lists as tuples, floats as floatx."""
+    if isinstance(arrays, (list, tuple)):
+        return tuple(_tensorflow_ready(a) for a in arrays)
+    array = np.asarray(arrays)
+    floatx = keras.backend.floatx()
+    if array.dtype.kind == "f" and array.dtype != np.dtype(floatx):
+        array = array.astype(floatx)
+    return array
+
+
+def _batch(arrays: Any, start: int, stop: int) -> Any:
+    if isinstance(arrays, tuple):
+        return tuple(a[start:stop] for a in arrays)
+    return arrays[start:stop]
+
+
+def _run_batches(model: Any, kind: str, x: Any, y: Any, batch_size: int) -> dict[str, float]:
+    """The loop of one ``fit`` epoch (``kind="train"``) or one ``evaluate`` (``"test"``),
+    without their per-call set-up.
+
+    ``model.fit`` and ``model.evaluate`` build a tf.data pipeline, an epoch iterator and a
+    callback list on every call: about 50 ms each here, against a few ms for a small batch.
+    This drives the same compiled step (``model.make_train_function()`` /
+    ``make_test_function()``, cached on the model, which the worker's model cache keeps)
+    over the same batches in the same order, the partial last batch included, with the same
+    metric resets and the same row-weighted results, so the model's state and metrics are
+    bit-identical to ``fit(..., shuffle=False)`` / ``evaluate`` (pinned by
+    tests/integration/test_keras_lean_path.py).
+    """
+    x, y = _tensorflow_ready(x), _tensorflow_ready(y)
+    n = num_rows(x)
+    if kind == "train":
+        model.make_train_function()
+        function = model.train_function
+        model.stop_training = False
+    else:
+        model.make_test_function()
+        function = model.test_function
+    model.reset_metrics()
+    logs: Any = {}
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        logs = function(iter([(_batch(x, start, stop), _batch(y, start, stop))]))
+    return _plain_logs(model._get_metrics_result_or_logs(logs))
+
+
+def _plain_logs(logs: Any) -> dict[str, float]:
+    """Keras' ``pythonify_logs``: names sorted, nested dicts flattened, values as floats."""
+    out: dict[str, float] = {}
+    for name, value in sorted(logs.items()):
+        if isinstance(value, dict):
+            out.update(_plain_logs(value))
+        else:
+            out[name] = float(value)
+    return out
 
 
 def train_sub_epoch(model: Any, x: Any, y: Any, *, batch_size: int, seed: int) -> dict[str, float]:
     """One pass of ``model`` over ``(x, y)`` in the row order given by ``seed``.
 
     The rows are permuted by ``numpy.random.default_rng(seed).permutation(n)``, the global
-    seeds are set by ``keras.utils.set_random_seed(seed)`` and every layer seed generator is
-    reset from ``seed``, so the pass is a pure function of (state, data, seed, batch_size).
+    seeds and every layer seed generator are set from ``seed`` (:func:`seed_sub_epoch`), so
+    the pass is a pure function of (state, data, seed, batch_size).  The batches run through
+    the model's compiled train step (:func:`_run_batches`), exactly as one ``fit`` epoch.
     Returns ``{"loss": ..., <metric>: ..., "rows": n}``: means over the rows of this pass
     (Keras weights the loss and every compiled metric by rows, the partial last batch
     included; cerebro wraps plain metric functions so this holds for them too).
@@ -62,18 +151,11 @@ def train_sub_epoch(model: Any, x: Any, y: Any, *, batch_size: int, seed: int) -
     n = num_rows(x)
     if n == 0:
         return {"rows": 0}
-    keras.utils.set_random_seed(seed % 2**32)  # numpy's global seed must fit in 32 bits
-    _reset_seed_generators(model, seed)
+    seed_sub_epoch(model, seed)
     order = row_order(seed, n)
-    history = model.fit(
-        take(x, order),
-        take(y, order),
-        batch_size=int(batch_size),
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-    )
-    metrics = _history_means(history.history)
+    metrics = _run_batches(model, "train", take(x, order), take(y, order), int(batch_size))
+    # What fit does after its last epoch (a no-op unless the optimizer averages weights, EMA).
+    model.optimizer.finalize_variable_values(model.trainable_weights)
     metrics["rows"] = n
     return metrics
 
@@ -83,8 +165,7 @@ def evaluate(model: Any, x: Any, y: Any, *, batch_size: int) -> dict[str, float]
     n = num_rows(x)
     if n == 0:
         return {"rows": 0}
-    results = model.evaluate(x, y, batch_size=int(batch_size), verbose=0, return_dict=True)
-    metrics = {name: float(value) for name, value in results.items()}
+    metrics = _run_batches(model, "test", x, y, int(batch_size))
     metrics["rows"] = n
     return metrics
 
