@@ -101,4 +101,4 @@ def test_predict_output_widths_and_save_load(spec, digits, tmp_path):
     versions = fw.save(model, spec, str(tmp_path))
     assert versions == {"keras": keras.__version__} and (tmp_path / "model.keras").exists()
     loaded = fw.load(spec, str(tmp_path))
-    np.testing.assert_array_equal(fw.predict(loaded, x)[0], outputs[0])
+    np.testing.assert_array_equal(fw.predict(loaded, x, batch_size=256)[0], outputs[0])

@@ -78,7 +78,7 @@ def test_a_model_with_custom_metric_and_loss_functions_saves_and_loads_both_ways
     # Plain Keras, with the user's own functions as custom objects.
     plain = keras.models.load_model(os.path.join(path, "model.keras"), custom_objects={
         "smoothed_ce": smoothed_crossentropy(0.1), "true_class_probability": true_class_probability})
-    np.testing.assert_array_equal(plain.predict(x[1200:], verbose=0), before)
+    np.testing.assert_array_equal(plain.predict(x[1200:], batch_size=1024, verbose=0), before)
     again = plain.evaluate(x[1200:], y[1200:], batch_size=len(x), verbose=0, return_dict=True)
     assert sorted(again) == sorted(expected)
     for name, value in expected.items():
