@@ -15,10 +15,23 @@ Figures per system: wall time per epoch of all configurations (the span from "al
 ready" to the last evaluation, divided by the epochs), worker utilisation, bytes stored (data
 on disk the system's workers read), bytes moved (measured for MOP; computed from model size x
 steps for the others, labelled so), final validation accuracy on digits (best configuration,
-and the mean over configurations) after the same epochs.  Ratios in ``summary.json`` are
-ratios of medians over the repeats; ``*_over_mop`` divide by MOP on Keras (what every Keras
-system is compared with), ``*_over_mop_torch`` by MOP on PyTorch (the all-reduce engines'
-framework).
+and the mean over configurations) after the same epochs.
+
+Repeats are interleaved: every repeat runs each system once, in the order of ``--only`` on
+even repeats and reversed on odd ones (A B C, C B A, A B C, ...), so that a drift of the
+machine's speed over the run falls alike on every system (a linear drift cancels over each
+pair of repeats).  Each time ratio in ``summary.json`` (``*_over_mop``,
+``mop_over_task_parallel``, ``throughput_over_physical_limit``) is the median over the repeats
+of the per-repeat ratio, repeat r of one system against repeat r of the other (``--full``: 3
+repeats); when the two systems do not have the same repeats (one failed), it falls back to the
+ratio of their medians.  ``ratios_per_repeat`` lists the per-repeat values and
+``ratios_how`` says which way each ratio was taken.  ``*_over_mop`` divide by MOP on Keras
+(what every Keras system is compared with), ``*_over_mop_torch`` by MOP on PyTorch (the
+all-reduce engines' framework).
+
+``sub_epoch_fixed_cost_ms`` (and ``_torch``): the cost of a visit of one batch, train plus
+evaluate, measured in a worker (``benchmarks.fixed_cost``, run once per framework in its own
+process); a failure is recorded under ``errors`` with the reason.
 
 Usage:
     python -m benchmarks.setup_baselines          # once: torch, tf-keras, Horovod (build)
@@ -26,7 +39,7 @@ Usage:
     python -m benchmarks.run --full               # 3 repeats, 60k rows, 2 timed epochs, 10 accuracy epochs
     python -m benchmarks.run --smoke              # tiny data, every engine once (CI)
 Options: --workers P, --rows N, --repeats R, --epochs E, --accuracy-epochs E, --only a,b,
---name NAME, --out DIR, --no-sim.
+--name NAME, --out DIR, --no-sim, --no-fixed-cost.
 """
 
 from __future__ import annotations
@@ -63,9 +76,11 @@ PROFILES = {
     # deterministic scheduler SparkBackend trains bit-identical models to LocalBackend
     # (tests/integration/test_spark_backend.py), so it would repeat MOP (Local)'s figures.
     "quick": {"rows": 50000, "epochs": 1, "accuracy_epochs": 4, "repeats": 1, "timeout": 400,
-              "accuracy_skip": ["mop-spark"]},
-    "full": {"rows": 60000, "epochs": 2, "accuracy_epochs": 10, "repeats": 3, "timeout": 1800},
-    "smoke": {"rows": 2000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "timeout": 300, "max_configs": 2},
+              "accuracy_skip": ["mop-spark"], "fixed_cost_epochs": 20},
+    "full": {"rows": 60000, "epochs": 2, "accuracy_epochs": 10, "repeats": 3, "timeout": 1800,
+             "fixed_cost_epochs": 40},
+    "smoke": {"rows": 2000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "timeout": 300, "max_configs": 2,
+              "fixed_cost_epochs": 5},
 }
 SHORT = {"sequential": "Sequential", "mop": "MOP (Local)", "mop-spark": "MOP (Spark)", "mop-torch": "MOP (torch)",
          "task-parallel": "Task parallel",
@@ -76,13 +91,26 @@ SUMMARY_KEYS = (
     "mop_over_task_parallel", "task_parallel_storage_over_mop", "accuracy_gap_vs_sequential",
     "model_averaging_accuracy_gap_vs_sequential", "scheduler_makespan_over_lower_bound",
     "randomized_makespan_over_lower_bound", "scheduler_decision_ms", "hop_share", "throughput_over_physical_limit",
+    "sub_epoch_fixed_cost_ms", "sub_epoch_fixed_cost_ms_torch", "visit_fixed_cost_ms", "visit_fixed_cost_ms_torch",
 )
 GOALS = {
-    "mop_busy_fraction": (">=", 0.90), "allreduce_over_mop": (">=", 3.0), "ps_over_mop": (">=", 10.0),
-    "mop_over_task_parallel": ("<=", 1.05), "accuracy_gap_vs_sequential": ("abs<=", 0.5),
+    "mop_busy_fraction": (">=", 0.95), "allreduce_over_mop": (">=", 3.0), "ps_over_mop": (">=", 10.0),
+    "mop_over_task_parallel": ("<=", 1.03), "accuracy_gap_vs_sequential": ("abs<=", 0.5),
     "scheduler_makespan_over_lower_bound": ("<=", 1.05), "scheduler_decision_ms": ("<=", 1.0),
-    "hop_share": ("<=", 0.05), "throughput_over_physical_limit": (">=", 0.90),
+    "hop_share": ("<=", 0.03), "throughput_over_physical_limit": (">=", 0.90),
+    "sub_epoch_fixed_cost_ms": ("<=", 10.0), "sub_epoch_fixed_cost_ms_torch": ("<=", 10.0),
 }
+#: The time ratios of summary.json taken per repeat (numerator system, denominator system, figure).
+PAIRED_RATIOS = {
+    "horovod_over_mop": ("horovod", "mop", "epoch_s"),
+    "ddp_over_mop": ("ddp", "mop", "epoch_s"),
+    "horovod_over_mop_torch": ("horovod", "mop-torch", "epoch_s"),
+    "ddp_over_mop_torch": ("ddp", "mop-torch", "epoch_s"),
+    "ps_over_mop": ("ps", "mop", "epoch_s"),
+    "mop_over_task_parallel": ("mop", "task-parallel", "epoch_s"),
+    "throughput_over_physical_limit": ("mop", "sequential", "rows_per_s"),  # then / p
+}
+FIXED_COST_FRAMEWORKS = ("keras", "torch")
 
 
 # ---------------------------------------------------------------------------- availability
@@ -144,9 +172,22 @@ def run_engine(system: str, jobs: list[dict], workers: int, tmp: Path, timeout: 
     jobs_path = tmp / f"{system}-jobs-{time.time_ns()}.json"
     out = tmp / f"{system}-out-{time.time_ns()}.json"
     jobs_path.write_text(json.dumps(jobs))
-    log = log_dir / f"{system}.log"
     cmd = [sys.executable, "-m", "benchmarks.baselines", system, "--jobs", str(jobs_path), "--out", str(out),
            "--workers", str(workers)]
+    return run_json_command(cmd, out, log_dir / f"{system}.log", timeout)
+
+
+def run_fixed_cost(framework: str, workers: int, epochs: int, tmp: Path, timeout: float, log_dir: Path) -> dict:
+    """``python -m benchmarks.fixed_cost`` in its own process group; its JSON or {"error": ...}."""
+    out = tmp / f"fixed-cost-{framework}-{time.time_ns()}.json"
+    cmd = [sys.executable, "-m", "benchmarks.fixed_cost", "--framework", framework, "--epochs", str(epochs),
+           "--workers", str(workers), "--out", str(out)]
+    return run_json_command(cmd, out, log_dir / f"fixed-cost-{framework}.log", timeout)
+
+
+def run_json_command(cmd: list[str], out: Path, log: Path, timeout: float) -> dict:
+    """Run ``cmd`` (which writes JSON to ``out``) in its own process group, output to ``log``;
+    the JSON plus ``wall_s``, or {"error": why, "wall_s": ...} (never raises)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -170,12 +211,28 @@ def run_engine(system: str, jobs: list[dict], workers: int, tmp: Path, timeout: 
     if rc != 0 or not out.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         return {"error": f"exit {rc}: {' | '.join(tail)[-400:]} (log: {log})", "wall_s": wall}
-    result = json.loads(out.read_text())
+    try:
+        result = json.loads(out.read_text())
+    except ValueError as exc:
+        return {"error": f"unreadable output {out}: {exc} (log: {log})", "wall_s": wall}
     result["wall_s"] = wall
     return result
 
 
+def run_order(systems: list[str], repeats: int) -> list[tuple[int, str]]:
+    """(repeat, system) in the order the runner runs them: repeat-major (every system once per
+    repeat, never one system's repeats back to back), the systems' order reversed on odd repeats
+    (A B, B A, A B, ...) so that a linear drift of the machine's speed cancels over each pair."""
+    order = []
+    for r in range(repeats):
+        for system in (systems if r % 2 == 0 else list(reversed(systems))):
+            order.append((r, system))
+    return order
+
+
 def run_all(profile: dict, workers: int, systems: list[str], out_dir: Path, log=print) -> dict:
+    """Every available system, ``profile["repeats"]`` times, in :func:`run_order`; each run's
+    JSON carries its ``repeat`` (0-based), which pairs the systems' repeats in :func:`summarise`."""
     avail = availability(workers)
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     errors: dict[str, str] = {}
@@ -184,28 +241,52 @@ def run_all(profile: dict, workers: int, systems: list[str], out_dir: Path, log=
     with tempfile.TemporaryDirectory(prefix="cerebro-bench-") as tmp_name:
         tmp = Path(tmp_name)
         data = prepare_data(tmp / "data", profile["rows"], workers)
-        for r in range(profile["repeats"]):
-            for system in systems:
-                if avail.get(system):
-                    continue
-                jobs = [{"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
-                         "scheduler": "dynamic"}]
-                if r == 0 and system not in profile.get("accuracy_skip", ()):
-                    jobs.append({"tag": "accuracy", "data": data["accuracy"], "epochs": profile["accuracy_epochs"],
-                                 "seed": 2020, "scheduler": "deterministic"})
-                for job in jobs:
-                    if profile.get("max_configs"):
-                        job["max_configs"] = profile["max_configs"]
-                log(f"# repeat {r + 1}/{profile['repeats']}: {system} ...")
-                res = run_engine(system, jobs, workers, tmp, profile["timeout"], log_dir)
-                if "error" in res:
-                    errors[f"{system} (repeat {r + 1})"] = res["error"]
-                    log(f"#   {system} FAILED: {res['error']}")
-                else:
-                    runs[system].append(res)
-                    spans = {j["tag"]: round(j["span_s"], 1) for j in res["jobs"]}
-                    log(f"#   {system}: spans {spans} s, process wall {res['wall_s']:.0f} s")
+        for r, system in run_order([s for s in systems if not avail.get(s)], profile["repeats"]):
+            jobs = [{"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
+                     "scheduler": "dynamic"}]
+            if r == 0 and system not in profile.get("accuracy_skip", ()):
+                jobs.append({"tag": "accuracy", "data": data["accuracy"], "epochs": profile["accuracy_epochs"],
+                             "seed": 2020, "scheduler": "deterministic"})
+            for job in jobs:
+                if profile.get("max_configs"):
+                    job["max_configs"] = profile["max_configs"]
+            log(f"# repeat {r + 1}/{profile['repeats']}: {system} ...")
+            res = run_engine(system, jobs, workers, tmp, profile["timeout"], log_dir)
+            if "error" in res:
+                errors[f"{system} (repeat {r + 1})"] = res["error"]
+                log(f"#   {system} FAILED: {res['error']}")
+            else:
+                res["repeat"] = r
+                runs[system].append(res)
+                spans = {j["tag"]: round(j["span_s"], 1) for j in res["jobs"]}
+                log(f"#   {system}: spans {spans} s, process wall {res['wall_s']:.0f} s")
     return {"runs": runs, "errors": errors, "unavailable": {s: why for s, why in avail.items() if why and s in systems}}
+
+
+def fixed_cost_all(workers: int, epochs: int, out_dir: Path, log=print, timeout: float = 600) -> dict:
+    """``benchmarks.fixed_cost`` for Keras and (when torch is installed) PyTorch.  Returns
+    {"figures": {framework: figures}, "errors": {...}, "unavailable": {...}}: a failure or a
+    missing framework is recorded with its reason, never dropped."""
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    figures, errors, unavailable = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="cerebro-bench-fixed-") as tmp_name:
+        for framework in FIXED_COST_FRAMEWORKS:
+            name = f"fixed-cost ({framework})"
+            if framework == "torch" and importlib.util.find_spec("torch") is None:
+                unavailable[name] = "torch is not installed (python -m benchmarks.setup_baselines)"
+                log(f"# {name}: unavailable: {unavailable[name]}")
+                continue
+            log(f"# {name}, {epochs} epochs ...")
+            res = run_fixed_cost(framework, workers, epochs, Path(tmp_name), timeout, log_dir)
+            if "error" in res:
+                errors[name] = res["error"]
+                log(f"#   {name} FAILED: {res['error']}")
+            else:
+                figures[framework] = res
+                log(f"#   {name}: sub_epoch_fixed_cost_ms {res['sub_epoch_fixed_cost_ms']:.2f}, "
+                    f"visit_fixed_cost_ms {res['visit_fixed_cost_ms']:.2f}")
+    return {"figures": figures, "errors": errors, "unavailable": unavailable}
 
 
 # ---------------------------------------------------------------------------- arithmetic (pure)
@@ -226,6 +307,7 @@ def job_of(run: dict, tag: str) -> dict | None:
 def system_figures(system: str, runs: list[dict], workers: int) -> dict:
     """Per-system medians over the repeats (time job) and the accuracy job's figures."""
     timed = [j for r in runs for j in [job_of(r, "time")] if j]
+    repeat_of = [r.get("repeat", i) for i, r in enumerate(runs) if job_of(r, "time")]
     acc = next((j for r in runs for j in [job_of(r, "accuracy")] if j), None)
     p = 1 if system == "sequential" else workers
     fig: dict = {"system": system, "repeats": len(timed)}
@@ -246,6 +328,9 @@ def system_figures(system: str, runs: list[dict], workers: int) -> dict:
         fig["bytes_moved_per_epoch"] = _median([j["bytes_moved"] / j["epochs"] for j in timed])
         fig["bytes_moved_how"] = timed[0]["bytes_moved_how"]
         fig["epoch_s_all"] = [j["span_s"] / j["epochs"] for j in timed]
+        # Per repeat (0-based index of the runner's repeat), for the paired ratios of summarise.
+        fig["per_repeat"] = [{"repeat": r, "epoch_s": j["span_s"] / j["epochs"], "rows_per_s": j["train_rows"] / j["span_s"]}
+                             for r, j in zip(repeat_of, timed)]
     if acc:
         finals = [c["val_accuracy"][-1] for c in acc["configs"] if c["val_accuracy"]]
         fig["accuracy_epochs"] = acc["epochs"]
@@ -259,29 +344,70 @@ def _config_name(params: dict) -> str:
     return f"lr={params['learning_rate']:g} w={params['width']} b={params['batch_size']}"
 
 
-def summarise(figures: dict[str, dict], sim: dict | None, workers: int) -> dict:
-    """The summary.json figures from per-system figures and the simulation's summary (pure)."""
+def paired_ratio(num: dict | None, den: dict | None, key: str) -> tuple[float | None, list[float] | None, str]:
+    """``num[key] / den[key]`` for two systems' figures, as (value, per-repeat ratios, how).
+
+    When both have per-repeat figures for the same repeats, the value is the median of the
+    per-repeat ratios (repeat r over repeat r: a drift of the machine between repeats falls
+    on both); otherwise (the repeats differ, e.g. one run failed) it is the ratio of the two
+    medians, with no per-repeat list.  (None, None, why) when either figure is missing.  Pure.
+    """
+    num, den = num or {}, den or {}
+    if num.get(key) is None or den.get(key) is None:
+        return None, None, "missing"
+    a = {p["repeat"]: p.get(key) for p in num.get("per_repeat") or []}
+    b = {p["repeat"]: p.get(key) for p in den.get("per_repeat") or []}
+    if a and set(a) == set(b) and all(a[r] is not None and b[r] not in (None, 0) for r in a):
+        per = [a[r] / b[r] for r in sorted(a)]
+        return statistics.median(per), per, f"median of {len(per)} paired repeat(s)"
+    if not a or not b:
+        why = "ratio of medians (no per-repeat figures)"
+    else:
+        why = f"ratio of medians: the repeats differ (repeats {sorted(r + 1 for r in a)} against {sorted(r + 1 for r in b)})"
+    return _ratio(num[key], den[key]), None, why
+
+
+def summarise(figures: dict[str, dict], sim: dict | None, workers: int, fixed_cost: dict | None = None) -> dict:
+    """The summary.json figures from per-system figures, the simulation's summary and the
+    fixed-cost figures (``{framework: benchmarks.fixed_cost figures}``) (pure)."""
     def f(system, key):
         return figures.get(system, {}).get(key)
+
+    ratios, per_repeat, how = {}, {}, {}
+    for name, (a, b, key) in PAIRED_RATIOS.items():
+        value, per, why = paired_ratio(figures.get(a), figures.get(b), key)
+        if name == "throughput_over_physical_limit":  # MOP rows/s over p x one sequential process
+            value = value / workers if value is not None else None
+            per = [v / workers for v in per] if per is not None else None
+        ratios[name] = value
+        if value is not None:
+            how[name] = why
+            if per is not None:
+                per_repeat[name] = per
+    fixed = fixed_cost or {}
+
+    def fc(framework, key):
+        return (fixed.get(framework) or {}).get(key)
 
     def gap(system):
         a, b = f(system, "best_val_accuracy"), f("sequential", "best_val_accuracy")
         return 100 * (a - b) if a is not None and b is not None else None
 
-    mop_epoch = f("mop", "epoch_s")
-    mop_torch_epoch = f("mop-torch", "epoch_s")  # the same framework as the all-reduce engines
-    horovod = _ratio(f("horovod", "epoch_s"), mop_epoch)
-    ddp = _ratio(f("ddp", "epoch_s"), mop_epoch)
-    seq_rate = f("sequential", "rows_per_s")
+    horovod, ddp = ratios["horovod_over_mop"], ratios["ddp_over_mop"]
+    allreduce = "horovod_over_mop" if horovod is not None else "ddp_over_mop"
+    if allreduce in how:
+        how["allreduce_over_mop"] = how[allreduce]
+    if allreduce in per_repeat:
+        per_repeat["allreduce_over_mop"] = per_repeat[allreduce]
     summary = {
         "mop_busy_fraction": f("mop", "utilisation"),
         "allreduce_over_mop": horovod if horovod is not None else ddp,
         "horovod_over_mop": horovod,
         "ddp_over_mop": ddp,
-        "horovod_over_mop_torch": _ratio(f("horovod", "epoch_s"), mop_torch_epoch),
-        "ddp_over_mop_torch": _ratio(f("ddp", "epoch_s"), mop_torch_epoch),
-        "ps_over_mop": _ratio(f("ps", "epoch_s"), mop_epoch),
-        "mop_over_task_parallel": _ratio(mop_epoch, f("task-parallel", "epoch_s")),
+        "horovod_over_mop_torch": ratios["horovod_over_mop_torch"],
+        "ddp_over_mop_torch": ratios["ddp_over_mop_torch"],
+        "ps_over_mop": ratios["ps_over_mop"],
+        "mop_over_task_parallel": ratios["mop_over_task_parallel"],
         # Both in raw float32 bytes: p copies of the training rows (+ the validation rows) against
         # MOP's one partitioned copy of the same rows (its Parquet store is in the table beside).
         "task_parallel_storage_over_mop": _ratio(f("task-parallel", "bytes_stored"), f("mop", "raw_data_bytes")),
@@ -291,7 +417,13 @@ def summarise(figures: dict[str, dict], sim: dict | None, workers: int) -> dict:
         "randomized_makespan_over_lower_bound": (sim or {}).get("randomized_makespan_over_lower_bound"),
         "scheduler_decision_ms": (sim or {}).get("scheduler_decision_ms"),
         "hop_share": f("mop", "hop_share"),
-        "throughput_over_physical_limit": _ratio(f("mop", "rows_per_s"), workers * seq_rate if seq_rate else None),
+        "throughput_over_physical_limit": ratios["throughput_over_physical_limit"],
+        "sub_epoch_fixed_cost_ms": fc("keras", "sub_epoch_fixed_cost_ms"),
+        "sub_epoch_fixed_cost_ms_torch": fc("torch", "sub_epoch_fixed_cost_ms"),
+        "visit_fixed_cost_ms": fc("keras", "visit_fixed_cost_ms"),
+        "visit_fixed_cost_ms_torch": fc("torch", "visit_fixed_cost_ms"),
+        "ratios_per_repeat": per_repeat,
+        "ratios_how": how,
     }
     return summary
 
@@ -325,7 +457,8 @@ def markdown(report: dict) -> str:
         f"Workload: {report['configs']} MLP configurations (64 -> w -> w -> 10, Adam; lr {{1e-3, 3e-3}} x width "
         f"{{128, 256}} x batch {{32, 128}}); time on {prof['rows']:,} generated rows x 64 features (25% validation), "
         f"{prof['epochs']} epoch(s); accuracy on digits after {prof['accuracy_epochs']} epochs; "
-        f"p = {report['workers']} workers x 1 thread; {prof['repeats']} repeat(s), medians.",
+        f"p = {report['workers']} workers x 1 thread; {prof['repeats']} interleaved repeat(s), medians "
+        f"(ratios: medians of the per-repeat ratios).",
         "",
         "| system | s / epoch (all configs) | vs MOP | vs MOP (torch) | utilisation | data stored MB | "
         "moved MB / epoch | digits acc best (mean) |",
@@ -353,9 +486,36 @@ def markdown(report: dict) -> str:
     lines += ["", "| figure | value | goal |", "|---|---:|---|"]
     for key in SUMMARY_KEYS:
         lines.append(f"| {key} | {_fmt(summary.get(key), 4)} | {goal_status(key, summary.get(key))} |")
+    spread = summary.get("ratios_per_repeat") or {}
+    if any(len(v) > 1 for v in spread.values()):
+        lines += ["", "Per-repeat ratios (repeat 1, 2, ...; the figure above is their median):", ""]
+        lines += [f"- {k}: {', '.join(f'{v:.3f}' for v in vals)}" for k, vals in spread.items()]
+    lines += fixed_cost_lines(report.get("fixed_cost") or {})
     if report["errors"]:
         lines += ["", "Errors:"] + [f"- {k}: {v}" for k, v in report["errors"].items()]
+    others = {k: v for k, v in report["unavailable"].items() if k not in SYSTEMS}
+    if others:
+        lines += ["", "Unavailable:"] + [f"- {k}: {v}" for k, v in others.items()]
     return "\n".join(lines)
+
+
+def fixed_cost_lines(fixed: dict) -> list[str]:
+    """Markdown lines for the fixed-cost figures (``{framework: figures}``): the parts of a visit."""
+    if not fixed:
+        return []
+    lines = ["", "Fixed cost of a one-batch visit (benchmarks.fixed_cost; medians in ms, train + eval, "
+             "first epoch left out):", "",
+             "| framework | compute (sub_epoch_fixed_cost_ms) | load | save | load + compute + save "
+             "(visit_fixed_cost_ms) | load after a hop / from cache | driver's end - start |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for framework, g in fixed.items():
+        tr, ev = g.get("train", {}), g.get("eval", {})
+        load = (tr.get("load_ms") or 0) + (ev.get("load_ms") or 0)
+        lines.append(f"| {framework} | {_fmt(g.get('sub_epoch_fixed_cost_ms'), 2)} | {_fmt(load, 2)} | "
+                     f"{_fmt(tr.get('save_ms'), 2)} | {_fmt(g.get('visit_fixed_cost_ms'), 2)} | "
+                     f"{_fmt(g.get('load_moved_ms'), 2)} / {_fmt(g.get('load_cached_ms'), 2)} | "
+                     f"{_fmt(g.get('visit_wall_ms'), 2)} |")
+    return lines
 
 
 def plot(report: dict, out_dir: Path) -> list[str]:
@@ -422,6 +582,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
     parser.add_argument("--no-sim", action="store_true", help="skip the scheduler simulation")
+    parser.add_argument("--no-fixed-cost", action="store_true",
+                        help="skip benchmarks.fixed_cost (sub_epoch_fixed_cost_ms is then n/a)")
     parser.add_argument("--name", default=None, help="results folder name (default: a timestamp)")
     parser.add_argument("--out", default=None, help="results root (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -454,15 +616,20 @@ def main(argv=None) -> int:
         (out_dir / "scheduler_sim.json").write_text(json.dumps(sim_report, indent=1))
         scheduler_sim.plot(sim_report["rows"], str(out_dir / "scheduler_sim.png"))
         sim_table = scheduler_sim.markdown(sim_report["rows"], sim_report["decision"])
+    fixed = {"figures": {}, "errors": {}, "unavailable": {"fixed-cost": "skipped (--no-fixed-cost)"}}
+    if not args.no_fixed_cost:
+        fixed = fixed_cost_all(args.workers, profile["fixed_cost_epochs"], out_dir, log=log)
     raw = run_all(profile, args.workers, systems, out_dir, log=log)
     from benchmarks import workload as wl
 
     figures = {s: system_figures(s, runs, args.workers) for s, runs in raw["runs"].items() if runs}
+    errors = {**fixed["errors"], **raw["errors"]}
     report = {
         "profile": {"name": profile_name, **profile}, "workers": args.workers, "systems": systems,
         "configs": profile.get("max_configs") or len(wl.configurations()),
-        "figures": figures, "summary": summarise(figures, sim, args.workers),
-        "unavailable": raw["unavailable"], "errors": raw["errors"],
+        "figures": figures, "summary": summarise(figures, sim, args.workers, fixed["figures"]),
+        "fixed_cost": fixed["figures"],
+        "unavailable": {**raw["unavailable"], **fixed["unavailable"]}, "errors": errors,
         "wall_s": round(time.perf_counter() - started, 1), "host": {"cpus": os.cpu_count()},
     }
     table = markdown(report)
@@ -476,7 +643,7 @@ def main(argv=None) -> int:
     (out_dir / "table.md").write_text(table + "\n")
     print(table)
     print(f"\nresults: {out_dir} ({report['wall_s']:.0f} s)")
-    return 1 if raw["errors"] else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
