@@ -68,6 +68,39 @@ def read_journal(store: Store, name: str) -> list[dict[str, Any]]:
     return records
 
 
+def repair_torn_tail(store: Store, name: str) -> str | None:
+    """Make the journal end in a newline before anything is appended to it again.
+
+    A driver killed while appending leaves a last line without its newline; a record appended
+    after it would be glued onto it and corrupt the journal for every later resume.  A tail
+    that is one whole record (only the newline was lost) is what :func:`read_journal` already
+    returned, so it is terminated; anything else is cut off, after its bytes are kept in
+    ``journal.torn-<ns>`` beside the journal.  The journal is rewritten atomically.  Returns the
+    side file's path, or None when nothing was cut.  Call with the experiment's lock held.
+    """
+    path = layout.journal(name)
+    if not store.exists(path):
+        return None
+    data = store.read_bytes(path)
+    if not data or data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        whole = isinstance(json.loads(tail.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        whole = False
+    if not whole:
+        side = layout.torn_journal_tail(name, time.time_ns())
+        store.write_bytes(side, tail)
+        store.write_bytes(path, data[:cut])
+        log.warning("cut a torn last line (%d bytes) off the journal %s/%s; its bytes are in %s/%s",
+                    len(tail), store.url, path, store.url, side)
+        return side
+    store.write_bytes(path, data + b"\n")
+    return None
+
+
 def journal_state(records: list[dict[str, Any]]) -> str:
     """'new' (no records), 'finished', or 'interrupted'."""
     if not records:

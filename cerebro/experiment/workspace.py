@@ -34,7 +34,7 @@ from ..frameworks.base import DataSample, framework_of, seed_everything
 from ..storage import Store, layout
 from ..worker import read_checkpoint
 from .engine import EngineOutcome, ModelCreationFailed, ModelInit
-from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock
+from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock, repair_torn_tail
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ class ExperimentWorkspace:
             self.store.makedirs(self.dir)
         acquire_lock(self.store, self.name)
         self._locked = True
+        if self.resume:
+            repair_torn_tail(self.store, self.name)
         if not self.resume:
             self.store.write_json(layout.experiment_file(self.name), {**meta, "started": time.time()})
             # Every argument but the backend and the store (the estimator_gen_fn by reference,

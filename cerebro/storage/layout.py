@@ -160,6 +160,12 @@ def search_file(exp: str) -> str:
     return f"{experiment_dir(exp)}/search.pkl"
 
 
+def torn_journal_tail(exp: str, stamp: int) -> str:
+    """The torn last line cut off the journal before a resume appended to it, kept for
+    forensics: ``experiments/<exp>/journal.torn-<stamp>``."""
+    return f"{experiment_dir(exp)}/journal.torn-{int(stamp)}"
+
+
 def lock(exp: str) -> str:
     """Lock file held by the driver running an experiment: ``experiments/<exp>/LOCK``."""
     return f"{experiment_dir(exp)}/LOCK"
