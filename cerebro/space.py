@@ -240,8 +240,35 @@ def validate_space(space: Any, *, owner: str, grid_only: bool = False) -> dict[s
                 f"{owner} accepts only hp_choice dimensions; {name!r} is {type(dim).__name__}. "
                 "Use RandomSearch or TPESearch for continuous dimensions."
             )
+        if isinstance(dim, Choice):
+            for value in dim.values:
+                problem = _not_json_data(value)
+                if problem is not None:
+                    raise TypeError(
+                        f"Search space dimension {name!r} of {owner}: every hp_choice value must be JSON data "
+                        f"(None, bool, int, float, str, or lists and str-keyed dicts of them), because the "
+                        f"experiment journals every configuration to resume it; {problem}. Choose by name "
+                        f"(e.g. hp_choice(['relu', 'tanh'])) and map the name to the object in estimator_gen_fn."
+                    )
         out[name] = dim
     return out
+
+
+def _not_json_data(value: Any) -> str | None:
+    """Why ``value`` cannot be journaled exactly as JSON, or None if it can."""
+    if value is None or isinstance(value, (bool, int, float, str, np.bool_, np.integer, np.floating)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((p for p in map(_not_json_data, value) if p is not None), None)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"the dict {value!r} has a key {key!r} of type {type(key).__name__}, not str"
+            problem = _not_json_data(item)
+            if problem is not None:
+                return problem
+        return None
+    return f"{value!r} is of type {type(value).__module__}.{type(value).__qualname__}"
 
 
 def grid(space: Mapping[str, Choice]) -> list[dict[str, Any]]:

@@ -111,3 +111,20 @@ def test_reusing_an_experiment_name_is_refused(store, frame):
     store.write_json("experiments/bad/experiment.json", {})
     with pytest.raises(ValueError, match="resume"):
         fit(store, frame)
+
+
+class Opaque:
+    """A value the journal cannot hold as JSON."""
+
+
+@pytest.mark.parametrize("values,named", [
+    ([0.1, Opaque()], "Opaque"),
+    ([{"depth": 2, 3: "x"}], "key 3 of type int"),
+    ([[1, {"act": Opaque()}]], "Opaque"),
+])
+def test_a_non_json_choice_is_refused_naming_the_parameter_and_nothing_is_written(store, frame, values, named):
+    # Issue 16, item 9: this used to fail mid-run with "cannot journal Opaque" and leave a
+    # named experiment behind.
+    with pytest.raises(TypeError, match=rf"dimension 'lr' of GridSearch.*JSON data.*{named}"):
+        fit(store, frame, space={"lr": hp_choice(values)})
+    assert_nothing_written(store)
