@@ -136,10 +136,13 @@ class ExperimentWorkspace:
             self._locked = False
 
     def discard(self) -> None:
-        """A new run refused before any training: leave nothing of it behind."""
+        """A new run refused before any training: leave nothing of it behind, the prepared
+        data included when this run wrote it (a copy it found and reused stays)."""
         self.end()
         if not self.resume:
             self.store.delete(self.dir)
+            if self.prepared is not None and not self.prepared.reused:
+                self.store.delete(layout.data_dir(self.prepared.key))
 
     def local_path(self, *parts: str) -> str | None:
         """A local file-system path inside the experiment directory (None for remote stores)."""

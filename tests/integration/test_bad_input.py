@@ -104,6 +104,19 @@ def test_num_epochs_and_num_models_are_checked(store, frame):
 def test_an_evaluation_metric_the_models_do_not_compute(store, frame):
     with pytest.raises(ValueError, match=r"'auc'.*\['loss', 'accuracy'\]"):
         fit(store, frame, evaluation_metric="auc")
+    # Issue 16, item 12: the prepared data this run wrote goes too (it used to stay: 5 files).
+    assert_nothing_written(store)
+
+
+def test_a_refused_run_keeps_prepared_data_it_reused(store, frame):
+    from cerebro.data import prepare_data
+
+    prepared = prepare_data(frame, store, feature_columns=["a", "b", "c"], label_columns=["label"], validation=0.25,
+                            num_partitions=2, seed=0)
+    with pytest.raises(ValueError, match=r"'auc'"):
+        fit(store, frame, evaluation_metric="auc", validation=0.25, seed=0)
+    assert store.listdir("data") == [prepared.key]  # the run found this copy (no other was written) ...
+    assert store.exists(f"data/{prepared.key}/_manifest.json")  # ... and left it in place
     assert not store.exists("experiments/bad")
 
 
