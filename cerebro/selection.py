@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fan_out(listeners: list):
     """One engine listener calling every listener in order (the list may grow later)."""
 
@@ -190,6 +194,8 @@ class ModelSelection:
             raise ValueError(f"resume=True needs the 'experiment_name' of the interrupted experiment ({self._owner}).")
         name = self.experiment_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         workspace = ExperimentWorkspace.open(store, name, resume, self.backend.num_workers)
+        if workspace.meta is not None:
+            self._check_same_call(workspace.meta, name)
         prepared = self._prepare(df, store, args, workspace.meta)
         workspace.bind(prepared, self.seed, self.evaluation_metric, lambda params: self._build_estimator(params, prepared))
         metric = "val_" + strip_prefix(self.evaluation_metric)
@@ -273,8 +279,45 @@ class ModelSelection:
             "evaluation_metric": self.evaluation_metric, "mode": args["mode"], "seed": self.seed,
             "scheduler": self.scheduler, "search_space": repr(args["space"]),
             "feature_columns": list(args["features"]), "label_columns": list(args["labels"]),
-            "validation": self.validation,
+            "validation": self.validation, "arguments": self._decision_arguments(),
         }
+
+    #: Arguments that change neither what is trained nor what is decided: a resume may change them.
+    _OPERATIONAL = frozenset({"backend", "store", "experiment_name", "mlflow_tracking_uri", "verbose", "tensorboard",
+                              "max_retries", "max_consecutive_failures"})
+
+    def _decision_arguments(self) -> dict[str, str]:
+        """Every argument that decides what is trained, as its repr (the estimator_gen_fn by
+        its qualified name: a script run as ``__main__`` and ``cerebro resume`` import it from
+        different modules)."""
+        out = {}
+        for key, value in sorted(vars(self).items()):
+            if key in self._OPERATIONAL or key.startswith("_"):
+                continue
+            if key == "estimator_gen_fn":
+                out[key] = getattr(value, "__qualname__", None) or type(value).__qualname__
+            elif isinstance(value, Mapping):  # the same dict in another order is the same argument
+                out[key] = repr(dict(sorted(value.items(), key=lambda item: str(item[0]))))
+            else:
+                out[key] = repr(value)
+        return out
+
+    def _check_same_call(self, meta: Mapping[str, Any], name: str) -> None:
+        """Refuse to resume experiment ``name`` with arguments other than it ran with."""
+        if meta.get("search", self._owner) != self._owner:
+            raise ValueError(f"experiment {name!r} ran as {meta['search']}; resume it with {meta['search']}, "
+                             f"not {self._owner}")
+        before = meta.get("arguments") or {}
+        for key, value in self._decision_arguments().items():
+            if key not in before or " at 0x" in value or " at 0x" in before[key]:
+                continue  # an experiment of an older cerebro, or a value whose repr is its address
+            if before[key] != value:
+                raise ValueError(
+                    f"resume=True with a different {key!r} than experiment {name!r} ran with: it ran with "
+                    f"{_short(before[key])}, this call has {_short(value)}. Resume with the same arguments "
+                    f"(only {', '.join(sorted(self._OPERATIONAL - {'backend', 'store'}))} may change), "
+                    "or start a new experiment_name."
+                )
 
     def _build_estimator(self, params: dict[str, Any], prepared) -> tuple[Any, list[str] | None]:
         """The estimator for one configuration and, when it uses fewer than all feature columns,

@@ -141,3 +141,41 @@ def test_a_non_json_choice_is_refused_naming_the_parameter_and_nothing_is_writte
     with pytest.raises(TypeError, match=rf"dimension 'lr' of GridSearch.*JSON data.*{named}"):
         fit(store, frame, space={"lr": hp_choice(values)})
     assert_nothing_written(store)
+
+
+def interrupted_experiment(store, search) -> None:
+    """experiment.json and a journal as an interrupted run of ``search`` leaves them."""
+    store.write_json("experiments/r/experiment.json", {"num_workers": 2, "search": search._owner,
+                                                       "arguments": search._decision_arguments()})
+    store.write_bytes("experiments/r/journal.jsonl", b'{"type": "started", "time": 1.0, "pid": 1}\n')
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"num_models": 4}, "'num_models'.*ran with 3, this call has 4"),
+    ({"space": {"lr": hp_uniform(0.01, 0.5)}}, "'search_space'"),
+    ({"num_epochs": 2}, "'num_epochs'"),
+    ({"seed": 7}, "'seed'"),
+    ({"scheduler": "deterministic"}, "'scheduler'"),
+])
+def test_resume_with_other_arguments_is_refused_naming_the_argument(store, frame, change, named):
+    # Issue 16, item 8: resume=True used to accept a different search space, search or epochs.
+    def search(num_models=3, space=None, num_epochs=1, **kw):
+        return RandomSearch(NeverStarted(2), store, make_estimator, space or {"lr": hp_uniform(0.01, 0.1)}, num_models,
+                            num_epochs, feature_columns=["a", "b", "c"], verbose=0, experiment_name="r", **kw)
+
+    interrupted_experiment(store, search())
+    before = sorted(os.listdir(store.local_path("experiments/r")))
+    with pytest.raises(ValueError, match=named):
+        search(**change).fit(frame, resume=True)
+    assert sorted(os.listdir(store.local_path("experiments/r"))) == before
+    assert not store.exists("data")  # refused before the data was prepared
+    # The same call, the dict in another order, and operational arguments changed pass the check.
+    same = search(space={"lr": hp_uniform(0.01, 0.1)}, max_retries=5)
+    same._check_same_call(store.read_json("experiments/r/experiment.json"), "r")
+
+
+def test_resume_with_another_search_is_refused(store, frame):
+    interrupted_experiment(store, RandomSearch(NeverStarted(2), store, make_estimator, {"lr": hp_choice([0.1])}, 1, 1))
+    with pytest.raises(ValueError, match="ran as RandomSearch; resume it with RandomSearch, not GridSearch"):
+        GridSearch(NeverStarted(2), store, make_estimator, {"lr": hp_choice([0.1])}, 1, verbose=0,
+                   feature_columns=["a", "b", "c"], experiment_name="r").fit(frame, resume=True)
