@@ -190,6 +190,7 @@ class ModelSelection:
         """
         args = self._validate()
         store: Store = args["store"]
+        store.check_writable()
         if resume and self.experiment_name is None:
             raise ValueError(f"resume=True needs the 'experiment_name' of the interrupted experiment ({self._owner}).")
         name = self.experiment_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

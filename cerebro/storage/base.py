@@ -197,6 +197,21 @@ class Store(abc.ABC):
 
     # ------------------------------------------------------------------ derived
 
+    def check_writable(self) -> None:
+        """Write, then delete, a small hidden probe file at the store's root; CerebroError
+        naming the store when that fails (a read-only mount, no permission, no space), so a run
+        is refused before any work instead of dying on its first write with a bare OSError."""
+        probe = temp_sibling("write-probe")
+        try:
+            self.write_bytes(probe, b"cerebro write probe\n")
+            self.delete(probe)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CerebroError(
+                f"the store {self.url} is not writable ({type(exc).__name__}: {reason}); cerebro writes its "
+                "prepared data, checkpoints, journal and logs there: give a store it can write"
+            ) from exc
+
     def read_json(self, path: str) -> Any:
         """Parse the JSON file at ``path``. Raises ``CerebroError`` naming the path on bad JSON."""
         raw = self.read_bytes(path)

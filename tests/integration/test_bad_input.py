@@ -179,3 +179,27 @@ def test_resume_with_another_search_is_refused(store, frame):
     with pytest.raises(ValueError, match="ran as RandomSearch; resume it with RandomSearch, not GridSearch"):
         GridSearch(NeverStarted(2), store, make_estimator, {"lr": hp_choice([0.1])}, 1, verbose=0,
                    feature_columns=["a", "b", "c"], experiment_name="r").fit(frame, resume=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A real read-only file system (a tmpfs mounted ro), so writes fail with EROFS."""
+    import subprocess
+
+    path = tmp_path / "ro"
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_read_only_store_is_refused_up_front_naming_it(read_only_dir, frame):
+    # Issue 16, item 11: this used to be a bare "OSError: [Errno 30] Read-only file system".
+    store = LocalStore(str(read_only_dir))
+    with pytest.raises(cerebro.CerebroError, match=rf"the store {store.url} is not writable .*Read-only file system"):
+        fit(store, frame)
+    assert os.listdir(read_only_dir) == []
