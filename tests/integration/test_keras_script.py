@@ -78,7 +78,7 @@ SCRIPT = textwrap.dedent('''
     print("RESULT", json.dumps({
         "best": result.best_score, "history": result.history.to_dict(orient="list"),
         "keras": plain.evaluate(x, digits.target, batch_size=len(x), verbose=0, return_dict=True),
-        "same_predictions": bool(np.array_equal(plain.predict(x, verbose=0), result.best_model.predict(df))),
+        "same_predictions": bool(np.array_equal(plain.predict(x, batch_size=1024, verbose=0), result.best_model.predict(df))),
     }))
 ''')
 
