@@ -106,8 +106,10 @@ def test_unguarded_keras_script_with_its_own_layer_activation_global_and_closure
     digits = load_digits()
     x = (digits.data / 16.0).astype("float32")
     loaded = cerebro.load_model(tmp_path / "saved")
-    np.testing.assert_array_equal(loaded.predict(pd.DataFrame({"features": list(x)})),
-                                  np.load(tmp_path / "predictions.npy"))
+    # Another process, so possibly another oneDNN thread split: equal to float32 rounding, same classes.
+    here, there = loaded.predict(pd.DataFrame({"features": list(x)})), np.load(tmp_path / "predictions.npy")
+    np.testing.assert_allclose(here, there, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(here.argmax(axis=1), there.argmax(axis=1))
     metrics = loaded.keras().evaluate(x, digits.target, batch_size=len(x), verbose=0, return_dict=True)
     for name in ("accuracy", "loss", "top_k_hit"):
         assert metrics[name] == pytest.approx(out["keras"][name], rel=1e-5), name
