@@ -22,8 +22,10 @@ a Spark DataFrame to ``spark``, imported then):
                 and the messages of refused data, shared by both paths
 ``columns``     one pandas / Arrow column validated and converted to numpy
 ``hashing``     the seeded content hash and the multiset digest
-``prepared``    :class:`PreparedData` (the manifest), partition files,
-                publishing, :func:`load_partition`
+``prepared``    :class:`PreparedData` (the manifest: checksums of the files,
+                label statistics), partition files, publishing,
+                :func:`load_partition` (verified against the manifest:
+                :class:`PreparedDataCorrupted`)
 ``arrow``       :func:`prepare_data`: the pandas / pyarrow / Parquet path
 ``spark``       the same preparation done by Spark for a Spark DataFrame
                 (identical output); imported only when one is prepared
@@ -34,13 +36,14 @@ from __future__ import annotations
 
 from .arrow import prepare_data
 from .hashing import multiset_digest, multiset_lanes, row_hashes
-from .prepared import FORMAT_VERSION, PartitionData, PreparedData, load_partition
+from .prepared import FORMAT_VERSION, PartitionData, PreparedData, PreparedDataCorrupted, load_partition
 from .rules import is_spark_dataframe
 
 __all__ = [
     "FORMAT_VERSION",
     "PreparedData",
     "PartitionData",
+    "PreparedDataCorrupted",
     "prepare_data",
     "load_partition",
     "row_hashes",

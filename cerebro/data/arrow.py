@@ -40,9 +40,12 @@ from .prepared import (
     canonical_table,
     describe_prepared,
     find_existing,
+    label_stats,
+    label_summary,
     part_path,
     publish,
     row_group_rows,
+    write_partition_file,
 )
 from .rules import (
     check_known,
@@ -203,7 +206,9 @@ def prepare_data(
 
     data_hash = multiset_digest(multiset_lanes(h1, h2), n)
     described = [(c.name, c.role, c.shape, c.is_integer) for c in columns]
-    prepared = describe_prepared(req, described, n, len(val_idx), data_hash)
+    labels = {c.name: label_summary(c.values, c.is_integer) for c in columns if c.role == "label"}
+    stats = label_stats({c.name: c.shape for c in columns if c.role == "label"}, labels)
+    prepared = describe_prepared(req, described, n, len(val_idx), data_hash, stats)
     t_hash = time.perf_counter()
 
     existing = find_existing(store, prepared, n)
@@ -213,18 +218,17 @@ def prepare_data(
     P = req.num_partitions
     parts = {"train": [train_idx[p::P] for p in range(P)], "val": [val_idx[p::P] for p in range(P)]}
 
-    def write_files(tmp_dir: str) -> None:
-        import pyarrow.parquet as pq
-
-        fs, root = store.arrow_filesystem()
+    def write_files(tmp_dir: str) -> dict[str, dict[str, Any]]:
+        files = {}
         for split in layout.SPLITS:
             store.makedirs(f"{tmp_dir}/{split}")
             for p, rows in enumerate(parts[split]):
                 table = _partition_table(prepared, columns, rows)
-                pq.write_table(table, f"{root}/{part_path(tmp_dir, prepared.key, split, p)}", filesystem=fs,
-                               row_group_size=row_group_rows(prepared))
+                files[layout.data_part(prepared.key, split, p)] = write_partition_file(
+                    store, part_path(tmp_dir, prepared.key, split, p), table, row_group_rows(prepared))
+        return files
 
-    publish(store, prepared, write_files)
+    prepared = publish(store, prepared, write_files)
     logger.info(
         "prepared data %s in %s: %d training rows in %d partitions, %d validation rows "
         "(validate+hash %.2fs, write %.2fs)",

@@ -21,7 +21,8 @@ How (two passes, deterministic, no sampling, no global sort):
   (rows, rows with NaN/null/inf, array lengths, nulls) and, for valid data, the
   rows' hash pairs (h1, h2) reduced to the multiset digest's partial sums and a
   histogram of rows per hash bucket (the top bits of h1), per split when a
-  column marks the validation rows. Only these small summaries reach the
+  column marks the validation rows, and the labels' min, max and integrality
+  (``PreparedData.label_stats``). Only these small summaries reach the
   driver, which raises the pandas path's error for bad data (same message,
   counts over the whole data), derives the split sizes, ``data_hash`` and the
   content key, and returns the stored copy if there is one (nothing written,
@@ -33,7 +34,9 @@ How (two passes, deterministic, no sampling, no global sort):
   which gives its split, worker partition (rank mod P) and position (rank div P).
   A second shuffle sends each of the 2P (split, partition) files to its own
   task, sorted by position, which writes it with pyarrow in the pandas path's
-  row groups, under the data set's temporary directory. The driver then
+  row groups, under the data set's temporary directory, hashing the bytes as
+  it writes them; the sha256, rows and size of each file come back to the
+  driver with the job's result (``PreparedData.files``). The driver then
   publishes it as the pandas path does (rename, manifest last).
 
 Memory per task is bounded by Spark's sort (which spills) and one Parquet row
@@ -63,15 +66,20 @@ from cerebro.storage.base import Store
 
 from .hashing import hash_pair, multiset_digest, multiset_lanes
 from .prepared import (
+    PartitionFileWriter,
     PreparedData,
     canonical_table,
     column_dtype,
     column_shape,
     describe_prepared,
     find_existing,
+    label_stats,
+    label_summary,
+    merge_label_summaries,
     part_path,
     publish,
     row_group_rows,
+    write_partition_file,
 )
 from .rules import (
     PrepareRequest,
@@ -253,6 +261,7 @@ class _Stats:
     hashed: bool = True  # every batch was valid and hashed
     hist: dict[str, np.ndarray] = field(default_factory=dict)  # "all" or "val"/"train": rows per bucket
     lanes: list[int] = field(default_factory=list)
+    labels: dict[int, Any] = field(default_factory=dict)  # per label column: (min, max, integral) of hashed rows
 
     @classmethod
     def empty(cls, ncols: int) -> "_Stats":
@@ -271,6 +280,8 @@ class _Stats:
             self.hist[name] = self.hist[name] + h if name in self.hist else h.copy()
         if other.lanes:
             self.lanes = [(a + b) & ((1 << 64) - 1) for a, b in zip(self.lanes or [0] * len(other.lanes), other.lanes)]
+        for i, summary in other.labels.items():
+            self.labels[i] = merge_label_summaries(self.labels.get(i), summary)
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,7 @@ class _ScanSpec:
     flags: bool  # a validation column "v" follows the columns
     hash: bool  # hash valid batches (every wanted column passed the schema checks)
     seed: int
+    labels: tuple[bool | None, ...] = ()  # per column: None (a feature), else whether the label is integer
 
 
 def _scan_batch(batch: Any, spec: _ScanSpec) -> _Stats:
@@ -328,6 +340,9 @@ def _scan_batch(batch: Any, spec: _ScanSpec) -> _Stats:
             st.hist["val"] = np.bincount(buckets[flags], minlength=_NUM_BUCKETS)
             st.hist["train"] = np.bincount(buckets[~flags], minlength=_NUM_BUCKETS)
         st.lanes = multiset_lanes(h1, h2)
+        for i, integer in enumerate(spec.labels):
+            if integer is not None:
+                st.labels[i] = label_summary(columns[i], integer)
     return st
 
 
@@ -500,16 +515,14 @@ class _FileWriter:
     """Writes one partition file from position-ordered slices, in whole row groups, then publishes it."""
 
     def __init__(self, spec: _WriteSpec, split: str, partition: int) -> None:
-        import pyarrow.parquet as pq
-
         self.spec = spec
         self.split, self.partition = split, partition
         self.final = part_path(spec.tmp_dir, spec.prepared.key, split, partition)
         directory, name = self.final.rsplit("/", 1)
         # A hidden temporary name: a failed attempt never leaves a file that looks written.
         self.temp = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
-        self.fs, root = spec.store.arrow_filesystem()
-        self.writer = pq.ParquetWriter(f"{root}/{self.temp}", _schema(spec.prepared), filesystem=self.fs)
+        # Hashes the bytes as they are written: the manifest's checksum, with nothing read back.
+        self.file = PartitionFileWriter(spec.store, self.temp, _schema(spec.prepared), spec.row_group_rows)
         self.pending: list[Any] = []
         self.pending_rows = 0
         self.rows = 0  # positions handed over so far
@@ -534,16 +547,18 @@ class _FileWriter:
 
         table = pa.concat_tables(self.pending).combine_chunks()
         # One write per row group, of exactly the rows pq.write_table puts in it: identical bytes.
-        self.writer.write_table(table.slice(0, rows), row_group_size=self.spec.row_group_rows)
+        self.file.write(table.slice(0, rows))
         rest = table.slice(rows)
         self.pending = [rest] if rest.num_rows else []
         self.pending_rows = rest.num_rows
 
-    def close(self) -> None:
+    def close(self) -> dict[str, Any]:
+        """Finish and publish the file; its ``PreparedData.files`` entry (sha256, rows, bytes)."""
         if self.pending_rows:
             self._flush(self.pending_rows)
-        self.writer.close()
+        info = self.file.close()
         self.spec.store.rename(self.temp, self.final)
+        return info
 
 
 def _schema(prepared: PreparedData) -> Any:
@@ -558,11 +573,12 @@ def _schema(prepared: PreparedData) -> Any:
 def _write_partition(batches: Iterator[Any], spec: _WriteSpec) -> Iterator[Any]:
     """Pass B, step 3 (``mapInArrow`` over partitions sorted by (file, position)): write whole files.
 
-    Yields one row per file written: its shuffle value and its row count.
+    Yields one row per file written: its shuffle value, row count, sha256 and size in bytes
+    (hashed while it was written).
     """
     import pyarrow as pa
 
-    written: list[tuple[int, int]] = []
+    written: list[tuple[int, dict[str, Any]]] = []
     current: tuple[int, _FileWriter] | None = None
     try:
         for batch in batches:
@@ -576,26 +592,29 @@ def _write_partition(batches: Iterator[Any], spec: _WriteSpec) -> Iterator[Any]:
                 target = int(targets[start])
                 if current is None or current[0] != target:
                     if current is not None:
-                        current[1].close()
-                        written.append((current[0], current[1].rows))
+                        written.append((current[0], current[1].close()))
                     split, partition = spec.files[target]
                     current = (target, _FileWriter(spec, split, partition))
                 rows = _unpack(batch.column(2).slice(start, stop - start), spec.prepared)
                 table = canonical_table(spec.prepared, rows)
                 current[1].append(table, positions[start:stop])
         if current is not None:
-            current[1].close()
-            written.append((current[0], current[1].rows))
+            written.append((current[0], current[1].close()))
             current = None
     finally:
         if current is not None:  # an error: leave no temporary file behind
             try:
-                current[1].writer.close()
+                current[1].file.abort()
             finally:
                 spec.store.delete(current[1].temp)
     yield pa.RecordBatch.from_arrays(
-        [pa.array([t for t, _ in written], type=pa.int64()), pa.array([r for _, r in written], type=pa.int64())],
-        names=["t", "rows"],
+        [
+            pa.array([t for t, _ in written], type=pa.int64()),
+            pa.array([info["rows"] for _, info in written], type=pa.int64()),
+            pa.array([info["sha256"] for _, info in written], type=pa.string()),
+            pa.array([info["bytes"] for _, info in written], type=pa.int64()),
+        ],
+        names=["t", "rows", "sha256", "bytes"],
     )
 
 
@@ -656,7 +675,8 @@ def _scan(df: Any, items: Sequence[_Item], req: PrepareRequest, hash_rows: bool)
         total.rows = int(df.count())
         total.hashed = False
         return total
-    spec = _ScanSpec(kinds=kinds, flags=flags, hash=hash_rows, seed=req.seed)
+    labels = tuple(i.is_integer if i.role == "label" else None for i in items if i.kind != "flags")
+    spec = _ScanSpec(kinds=kinds, flags=flags, hash=hash_rows, seed=req.seed, labels=labels)
     scanned = _select(df, items).mapInArrow(functools.partial(_scan_partition, spec=spec), "stats binary")
     for row in scanned.collect():  # one small summary per Spark partition
         total.add(pickle.loads(zlib.decompress(row["stats"])))
@@ -719,17 +739,20 @@ def prepare_spark_data(df: Any, store: Store, req: PrepareRequest) -> PreparedDa
         (it.name, it.role, () if it.kind == "scalar" else (next(iter(stats.lengths[i])),), it.is_integer)
         for i, it in enumerate(columns)
     ]
-    prepared = describe_prepared(req, described, n, n_val, multiset_digest(stats.lanes, n))
+    summaries = {it.name: stats.labels.get(i) for i, it in enumerate(columns) if it.role == "label"}
+    shapes = {name: shape for name, role, shape, _ in described if role == "label"}
+    prepared = describe_prepared(req, described, n, n_val, multiset_digest(stats.lanes, n),
+                                 label_stats(shapes, summaries))
     t_scan = time.perf_counter()
     existing = find_existing(store, prepared, n)
     if existing is not None:
         return existing
 
-    def write_files(tmp_dir: str) -> None:
+    def write_files(tmp_dir: str) -> dict[str, dict[str, Any]]:
         with _JobDescription(spark, "cerebro: prepare data (split and write)"):
-            _write(df, store, prepared, req, items, stats, tmp_dir)
+            return _write(df, store, prepared, req, items, stats, tmp_dir)
 
-    publish(store, prepared, write_files)
+    prepared = publish(store, prepared, write_files)
     logger.info(
         "prepared data %s in %s with Spark: %d training rows in %d partitions, %d validation rows "
         "(validate+hash %.2fs, split+write %.2fs)",
@@ -740,10 +763,12 @@ def prepare_spark_data(df: Any, store: Store, req: PrepareRequest) -> PreparedDa
 
 def _write(
     df: Any, store: Store, prepared: PreparedData, req: PrepareRequest, items: Sequence[_Item], stats: _Stats, tmp_dir: str
-) -> None:
-    """Pass B: write every partition file of ``prepared`` under ``tmp_dir`` with one Spark job."""
-    import pyarrow.parquet as pq
+) -> dict[str, dict[str, Any]]:
+    """Pass B: write every partition file of ``prepared`` under ``tmp_dir`` with one Spark job.
 
+    Returns their ``PreparedData.files`` entries (by final store path), hashed by the executors
+    that wrote them.
+    """
     P = req.num_partitions
     spark = df.sparkSession
     columns = [it for it in items if it.kind in ("scalar", "array")]
@@ -771,24 +796,28 @@ def _write(
         .mapInArrow(functools.partial(_rank_partition, spec=rank_spec), "t long, i long, r binary")
         .repartition(2 * P, "t")
         .sortWithinPartitions("t", "i")
-        .mapInArrow(functools.partial(_write_partition, spec=write_spec), "t long, rows long")
+        .mapInArrow(functools.partial(_write_partition, spec=write_spec), "t long, rows long, sha256 string, bytes long")
         .collect()  # one small row per file written
     )
-    written = {files[row["t"]]: row["rows"] for row in result}
+    written = {files[row["t"]]: {"sha256": row["sha256"], "rows": int(row["rows"]), "bytes": int(row["bytes"])}
+               for row in result}
     expected = {("train", p): r for p, r in enumerate(prepared.train_rows)}
     expected.update({("val", p): r for p, r in enumerate(prepared.val_rows)})
-    fs, root = store.arrow_filesystem()
+    out: dict[str, dict[str, Any]] = {}
     for (split, p), rows in expected.items():
-        got = written.get((split, p), 0)
+        info = written.get((split, p))
+        got = 0 if info is None else info["rows"]
         if got != rows:
             raise CerebroError(
                 f"prepare_data: {split} partition {p} got {got} rows, expected {rows}; the DataFrame changed "
                 "between the two passes over it (a non-deterministic source?): cache or checkpoint it first"
             )
         if rows == 0:  # no task saw this file: write it empty, as the pandas path does
-            pq.write_table(_schema(prepared).empty_table(), f"{root}/{part_path(tmp_dir, prepared.key, split, p)}",
-                           filesystem=fs, row_group_size=row_group_rows(prepared))
+            info = write_partition_file(store, part_path(tmp_dir, prepared.key, split, p), _schema(prepared).empty_table(),
+                                        row_group_rows(prepared))
+        out[layout.data_part(prepared.key, split, p)] = info
     _remove_temporaries(store, tmp_dir)
+    return out
 
 
 def _remove_temporaries(store: Store, tmp_dir: str) -> None:
