@@ -156,10 +156,10 @@ def report(args: argparse.Namespace) -> int:
 
 def resume(args: argparse.Namespace) -> int:
     """Rebuild the search from the experiment directory and finish it on LocalBackend."""
-    import pickle
-
     from . import CerebroError, LocalBackend, LocalStore
+    from .experiment.journal import read_journal
     from .storage import layout
+    from .worker import read_pickled
 
     exp_dir = os.path.abspath(args.experiment_dir)
     try:
@@ -167,25 +167,38 @@ def resume(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cerebro resume: {exc}", file=sys.stderr)
         return 2
-    pickled = os.path.join(exp_dir, layout.file_name(layout.search_file(name)))
     meta_path = os.path.join(exp_dir, layout.file_name(layout.experiment_file(name)))
     if not os.path.exists(meta_path):
         print(f"cerebro resume: {exp_dir!r} is not an experiment directory (no experiment.json)", file=sys.stderr)
         return 2
-    if not os.path.exists(pickled):
-        print(f"cerebro resume: {exp_dir!r} has no search.pkl: its estimator_gen_fn could not be saved by reference "
+    store = LocalStore(store_root)
+    try:
+        started = [r for r in read_journal(store, name) if r.get("type") == "started"]
+    except CerebroError as exc:
+        print(f"cerebro resume: {exc}", file=sys.stderr)
+        return 1
+    if not started:
+        print(f"cerebro resume: experiment {name!r} never started (its journal has no 'started' record); "
+              "nothing to resume: run the search again with fit(df)", file=sys.stderr)
+        return 2
+    pickled = started[0].get("search")
+    if not pickled:
+        print(f"cerebro resume: {exp_dir!r} has no saved search: its estimator_gen_fn could not be saved by reference "
               "(a lambda or local function); resume from your program with fit(df, resume=True)", file=sys.stderr)
         return 2
     with open(meta_path) as fh:
         meta = json.load(fh)
     try:
-        with open(pickled, "rb") as fh:
-            search = pickle.load(fh)
+        # Checked against the sha256 the journal names before it is unpickled.
+        search = read_pickled(store, pickled)
     except (AttributeError, ImportError, ModuleNotFoundError) as exc:
         print(f"cerebro resume: cannot import the search's estimator_gen_fn ({exc}); make its module importable "
               "(PYTHONPATH) or resume from your program with fit(df, resume=True)", file=sys.stderr)
         return 2
-    search.store = LocalStore(store_root)
+    except CerebroError as exc:
+        print(f"cerebro resume: {exc}", file=sys.stderr)
+        return 1
+    search.store = store
     search.experiment_name = name
     search.verbose = 0 if args.quiet else 1
     try:

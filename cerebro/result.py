@@ -64,7 +64,9 @@ class TrainedModel:
         if self._spec is None:
             if self._store is None or not self._spec_path:
                 raise CerebroError(f"model {self.model_id} has no stored spec (it failed before it was built)")
-            self._spec = pickle.loads(self._store.read_bytes(self._spec_path))
+            from .worker import read_pickled
+
+            self._spec = read_pickled(self._store, self._spec_path)
         return self._spec
 
     @property

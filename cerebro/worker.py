@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .backends.devices import host, worker_device
-from .errors import CerebroError
+from .errors import CerebroError, StoreFullError, StoreIntegrityError
 from .experiment.tasks import Task, TaskResult
 from .frameworks.base import Framework, ModelCache, get_framework
 
@@ -39,6 +39,42 @@ def read_checkpoint(store: Any, path: str, checksum: str | None) -> bytes:
                 f"{checksum[:16]}... ({len(data)} bytes read); refusing to load it"
             )
     return data
+
+
+def read_pickled(store: Any, path: str) -> Any:
+    """Unpickle a spec or search file named by the journal, after checking its bytes against
+    the sha256 its name carries (:func:`cerebro.storage.layout.pickle_digest`).
+
+    A pickle runs code when it is read: one replaced in the store (or corrupted) is refused
+    here, before ``pickle.loads`` sees it.  A name without a digest (written by cerebro before
+    0.4) is refused too."""
+    from .storage import layout
+
+    expected = layout.pickle_digest(path)
+    if expected is None:
+        raise StoreIntegrityError(
+            f"{store.url}/{path} carries no sha256 in its name, so it cannot be checked before it is unpickled "
+            "(it was written by an older cerebro); refusing to load it"
+        )
+    data = store.read_bytes(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise StoreIntegrityError(
+            f"{store.url}/{path} was changed after cerebro wrote it: sha256 {actual[:16]}... is not the "
+            f"{expected[:16]}... its name and the journal record ({len(data)} bytes read); refusing to unpickle it"
+        )
+    return pickle.loads(data)
+
+
+def failure_cause(exc: BaseException) -> str | None:
+    """What kind of failure a task's exception is, for the engine (``TaskFailed.cause``):
+    ``"store_full"`` when the store had no room for a write, ``"integrity"`` when a file to
+    unpickle was changed in the store, else None (an ordinary failure, retried)."""
+    if isinstance(exc, StoreFullError):
+        return "store_full"
+    if isinstance(exc, StoreIntegrityError):
+        return "integrity"
+    return None
 
 
 class WorkerRuntime:
@@ -85,7 +121,7 @@ class WorkerRuntime:
     def _spec(self, path: str):
         spec = self._specs.get(path)
         if spec is None:
-            spec = pickle.loads(self.store.read_bytes(path))
+            spec = read_pickled(self.store, path)
             self._specs[path] = spec
         return spec
 

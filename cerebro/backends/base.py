@@ -55,9 +55,15 @@ class TaskDone:
 
 @dataclass(frozen=True)
 class TaskFailed:
+    """A task raised.  ``cause`` classifies what a retry can do about it
+    (:func:`cerebro.worker.failure_cause`): None for an ordinary failure (retried),
+    ``"store_full"`` when the store had no room (the run stops; resume once space is freed),
+    ``"integrity"`` when a file to unpickle was changed in the store (the run stops)."""
+
     worker: int
     task_id: int
     error: str = ""
+    cause: str | None = None
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class WorkerChannels:
                     events.append(TaskDone(worker, msg[1], msg[2]))
                 elif msg[0] == "failed":
                     self.busy.pop(worker, None)
-                    events.append(TaskFailed(worker, msg[1], msg[2]))
+                    events.append(TaskFailed(worker, msg[1], msg[2], msg[3] if len(msg) > 3 else None))
                 elif msg[0] == "dead":
                     events.append(WorkerDied(worker, msg[1]))
                     return False

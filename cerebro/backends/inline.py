@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from .base import Backend, BackendEvent, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup, check_num_workers
 from ..experiment.tasks import Task
-from ..worker import where
+from ..worker import failure_cause, where
 
 
 def _default_runtime(setup: WorkerSetup, worker: int):
@@ -76,8 +76,8 @@ class InlineBackend(Backend):
             if fault == "fail":
                 raise RuntimeError("injected failure")
             result = self._runtimes[worker].run(task)
-        except Exception:
-            return [TaskFailed(worker, task_id, traceback.format_exc())]
+        except Exception as exc:
+            return [TaskFailed(worker, task_id, traceback.format_exc(), failure_cause(exc))]
         return [TaskDone(worker, task_id, result)]
 
     def close(self) -> None:

@@ -88,7 +88,7 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup, env: dict[str, str] 
     _limit_native_threads(setup.threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{worker} %(name)s %(levelname)s %(message)s")
     try:
-        from ..worker import WorkerRuntime, where
+        from ..worker import WorkerRuntime, failure_cause, where
 
         runtime = WorkerRuntime(setup.store, setup.prepared, worker, setup.threads, setup.frameworks)
     except BaseException:
@@ -108,8 +108,8 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup, env: dict[str, str] 
         task_id, task = msg
         try:
             result = runtime.run(task)
-        except Exception:
-            reply = ("failed", task_id, traceback.format_exc())
+        except Exception as exc:
+            reply = ("failed", task_id, traceback.format_exc(), failure_cause(exc))
         else:
             reply = ("done", task_id, result)
         try:

@@ -167,11 +167,14 @@ class RunMark(_Base):
     kind: str                        # one of RUN_MARKS
     time: float = 0.0
     pid: int | None = None
+    search: str | None = None        # "started": the pickled search's file (its name carries its sha256)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind, "time": self.time}
         if self.pid is not None:
             out["pid"] = self.pid
+        if self.search is not None:
+            out["search"] = self.search
         return out
 
 
@@ -187,7 +190,7 @@ def record_from_dict(data: Mapping[str, Any]) -> Record:
     or informational); a missing required key or an unknown type is a :class:`CerebroError`."""
     kind = data.get("type")
     if kind in RUN_MARKS:
-        return RunMark(kind, float(data.get("time", 0.0)), data.get("pid"))
+        return RunMark(kind, float(data.get("time", 0.0)), data.get("pid"), data.get("search"))
     cls = _BY_TYPE.get(kind)  # type: ignore[arg-type]
     if cls is None:
         raise CerebroError(f"unknown journal record type {kind!r}")

@@ -34,10 +34,14 @@ from ..core.records import (
 from ..core.seeds import sub_epoch_seed
 from ..core.state import ExperimentState, ExploitPlan, ModelState
 from ..drivers.base import SearchDriver
-from ..errors import CerebroError
+from ..errors import CerebroError, StoreFullError, StoreIntegrityError
 from .tasks import Task, TaskResult
 
 log = logging.getLogger(__name__)
+
+#: ``TaskFailed.cause`` values that stop the run instead of failing the model (see
+#: :func:`cerebro.worker.failure_cause`), with the error each is raised as.
+_FATAL: dict[str, type[CerebroError]] = {"store_full": StoreFullError, "integrity": StoreIntegrityError}
 
 __all__ = ["Engine", "EngineOutcome", "Workspace", "ModelInit", "ModelCreationFailed", "Listener"]
 
@@ -320,6 +324,13 @@ class Engine:
             self._deaths[ev.worker] = 0
             self._on_done(ev)
         elif isinstance(ev, TaskFailed):
+            fatal = _FATAL.get(ev.cause or "")
+            if fatal is not None:
+                # Not the model's fault, and no retry helps (a full store, a file changed in it):
+                # stop the run with the worker's own message; nothing about this attempt is
+                # committed, so a resume redoes it.
+                lines = [ln for ln in ev.error.strip().splitlines() if ln.split(":", 1)[0].endswith(fatal.__name__)]
+                raise fatal(lines[-1].split(": ", 1)[-1] if lines else ev.error.strip().splitlines()[-1])
             task, cmd, start = self._tasks.pop(ev.task_id)
             self._record_attempt(task, cmd, start, "failed", None, ev.error)
             self._handle(SubEpochFailed(cmd.model_id, cmd.worker, cmd.epoch, cmd.partition, task.kind, ev.error))

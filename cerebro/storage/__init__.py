@@ -7,8 +7,8 @@ is in the pure :mod:`cerebro.storage.layout`.
 
 from __future__ import annotations
 
-from cerebro.storage.base import Store
+from cerebro.storage.base import Store, StoreFullError
 from cerebro.storage.hdfs import HDFSStore
 from cerebro.storage.local import LocalStore
 
-__all__ = ["Store", "LocalStore", "HDFSStore"]
+__all__ = ["Store", "StoreFullError", "LocalStore", "HDFSStore"]

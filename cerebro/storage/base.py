@@ -19,6 +19,7 @@ Stores are sent to worker processes, so every implementation must be picklable
 from __future__ import annotations
 
 import abc
+import errno
 import importlib
 import json
 import logging
@@ -27,7 +28,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cerebro.errors import CerebroError
+from cerebro.errors import CerebroError, StoreFullError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow.fs
@@ -51,6 +52,28 @@ class StoreFileNotFoundError(CerebroError, FileNotFoundError):
 
 class StoreFileExistsError(CerebroError, FileExistsError):
     """A rename target that must not exist does (e.g. a directory another process published)."""
+
+
+def store_full(store: "Store", path: str, nbytes: int, exc: OSError) -> StoreFullError:
+    """The :class:`StoreFullError` for a write of ``nbytes`` to ``path`` that failed with ``exc``."""
+    free = ""
+    local = store.local_path("")
+    if local is not None:
+        try:
+            st = os.statvfs(local)
+            free = f", {st.f_bavail * st.f_frsize} bytes free"
+        except OSError:
+            pass
+    err = StoreFullError(
+        f"store {store.url} is full: writing {nbytes} bytes to {path!r} failed ({exc.strerror or exc}{free}). "
+        "Nothing half-written was kept; free some space (or move the store) and resume with fit(..., resume=True)."
+    )
+    err.errno = exc.errno
+    return err
+
+
+#: errno values that mean "no room": a full file system or an exhausted quota.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class _UnknownStoreSchemeError(CerebroError, ValueError):

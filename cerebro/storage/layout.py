@@ -12,12 +12,12 @@ Layout::
     data/<key>/{train,val}/part-00003.parquet one file per split per partition
     logs/                                     the workers' logs
     experiments/<exp>/experiment.json         the experiment's metadata
-    experiments/<exp>/search.pkl              the search object, for resuming
+    experiments/<exp>/search-<sha256>.pkl     the search object, for `cerebro resume`
     experiments/<exp>/LOCK                    held by the driver that runs the experiment
     experiments/<exp>/journal.jsonl
     experiments/<exp>/{history,visits,evaluations}.csv   the result tables
     experiments/<exp>/tensorboard/, mlflow.json          tracking (local stores only)
-    experiments/<exp>/models/<model_id>/spec.pkl
+    experiments/<exp>/models/<model_id>/spec-<sha256>.pkl
     experiments/<exp>/models/<model_id>/ckpt/e0001-h03-a0.npz
 """
 
@@ -43,6 +43,7 @@ __all__ = [
     "journal",
     "experiment_file",
     "search_file",
+    "pickle_digest",
     "lock",
     "table",
     "table_file",
@@ -117,14 +118,35 @@ def model_dir(exp: str, model_id: str) -> str:
     return f"{experiment_dir(exp)}/models/{_check_name(model_id, 'model id')}"
 
 
-def model_spec(exp: str, model_id: str, version: int = 0) -> str:
-    """Pickled model specification: ``experiments/<exp>/models/<model_id>/spec.pkl``.
+def model_spec(exp: str, model_id: str, version: int = 0, digest: str | None = None) -> str:
+    """Pickled model specification: ``experiments/<exp>/models/<model_id>/spec-<sha256>.pkl``.
 
-    A model whose parameters change mid-run (PBT's exploit) gets a new, versioned spec
-    (``spec-v<version>.pkl``): workers cache specs by path, so a path never changes meaning.
+    The name carries the sha256 of the file's bytes (``digest``), and the journal records the
+    name: a spec is only ever unpickled after its bytes were checked against it (see
+    :func:`pickle_digest`).  A model whose parameters change mid-run (PBT's exploit) gets a new,
+    versioned spec (``spec-v<version>-<sha256>.pkl``): workers cache specs by path, so a path
+    never changes meaning.  Without ``digest``, the name without one (old experiments).
     """
     version = check_int("layout.model_spec", "version", version, minimum=0)
-    return f"{model_dir(exp, model_id)}/spec.pkl" if version == 0 else f"{model_dir(exp, model_id)}/spec-v{version}.pkl"
+    stem = "spec" if version == 0 else f"spec-v{version}"
+    return f"{model_dir(exp, model_id)}/{stem}{_digest_suffix(digest)}.pkl"
+
+
+def pickle_digest(path: str) -> str | None:
+    """The sha256 a spec or search file's name carries (None for a name without one)."""
+    match = _DIGEST_RE.search(path)
+    return match.group(1) if match else None
+
+
+_DIGEST_RE = re.compile(r"-([0-9a-f]{64})\.pkl$")
+
+
+def _digest_suffix(digest: str | None) -> str:
+    if digest is None:
+        return ""
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(f"digest must be a sha256 hex string, got {digest!r}")
+    return f"-{digest}"
 
 
 def checkpoint_dir(exp: str, model_id: str) -> str:
@@ -155,9 +177,11 @@ def experiment_file(exp: str) -> str:
     return f"{experiment_dir(exp)}/{EXPERIMENT_FILE}"
 
 
-def search_file(exp: str) -> str:
-    """The pickled search object of an experiment, for resuming: ``experiments/<exp>/search.pkl``."""
-    return f"{experiment_dir(exp)}/search.pkl"
+def search_file(exp: str, digest: str | None = None) -> str:
+    """The pickled search object of an experiment, for ``cerebro resume``:
+    ``experiments/<exp>/search-<sha256>.pkl`` (the name carries its bytes' sha256 and the
+    journal's ``started`` record names the file, as for specs)."""
+    return f"{experiment_dir(exp)}/search{_digest_suffix(digest)}.pkl"
 
 
 def torn_journal_tail(exp: str, stamp: int) -> str:

@@ -11,11 +11,13 @@ from urllib.parse import unquote, urlsplit
 
 from cerebro.errors import CerebroError
 from cerebro.storage.base import (
+    NO_SPACE_ERRNOS,
     Store,
     StoreFileExistsError,
     StoreFileNotFoundError,
     is_temp_name,
     normalize_path,
+    store_full,
     temp_sibling,
 )
 from cerebro.storage.legacy import ignore_layout_arguments
@@ -115,19 +117,21 @@ class LocalStore(Store):
         full = self._abs(norm)
         tmp = self._abs(temp_sibling(norm))
         parent = os.path.dirname(full)
-        os.makedirs(parent, exist_ok=True)
         try:
+            os.makedirs(parent, exist_ok=True)
             # 'xb': the temp name is unique, so an existing file would mean a bug; never clobber.
             with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, full)
-        except BaseException:
+        except BaseException as exc:
             try:
                 os.remove(tmp)
             except OSError:
                 pass
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+                raise store_full(self, norm, len(data), exc) from exc
             raise
         _fsync_dir(parent)
 
@@ -149,12 +153,28 @@ class LocalStore(Store):
         return True
 
     def append_bytes(self, path: str, data: bytes) -> None:
-        full = self._abs(normalize_path(path, allow_root=False))
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        norm = normalize_path(path, allow_root=False)
+        full = self._abs(norm)
+        try:
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            fd = os.open(full, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError:
+                    # Cut a partial append back off: the file ends where it did (a whole record).
+                    os.ftruncate(fd, start)
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                raise store_full(self, norm, len(data), exc) from exc
+            raise
 
     def listdir(self, path: str) -> list[str]:
         try:

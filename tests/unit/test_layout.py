@@ -25,6 +25,19 @@ def test_experiment_paths() -> None:
     assert layout.journal("exp") == "experiments/exp/journal.jsonl"
 
 
+def test_pickled_files_carry_their_sha256_in_their_name() -> None:
+    d = "ab" * 32
+    assert layout.model_spec("exp", "m-0", digest=d) == f"experiments/exp/models/m-0/spec-{d}.pkl"
+    assert layout.model_spec("exp", "m-0", 2, d) == f"experiments/exp/models/m-0/spec-v2-{d}.pkl"
+    assert layout.search_file("exp", d) == f"experiments/exp/search-{d}.pkl"
+    assert layout.pickle_digest(layout.model_spec("exp", "m-0", 2, d)) == d
+    assert layout.pickle_digest(layout.search_file("exp", d)) == d
+    assert layout.pickle_digest("experiments/exp/models/m-0/spec.pkl") is None
+    for bad in ("AB" * 32, "ab" * 31, "zz" * 32):
+        with pytest.raises(ValueError, match="sha256"):
+            layout.model_spec("exp", "m-0", digest=bad)
+
+
 def test_checkpoint_names_sort_by_epoch_then_hop() -> None:
     names = [layout.checkpoint("e", "m", epoch, hop) for epoch in (1, 2, 10) for hop in (0, 1, 9, 10)]
     assert sorted(names) == names
