@@ -36,14 +36,15 @@ import random
 import re
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from .._checks import check_int
 
-__all__ = ["Framework", "ModelCache", "DataSample", "Spec", "snake_case", "get_framework", "framework_of", "seed_everything", "FRAMEWORKS"]
+__all__ = ["Framework", "ModelCache", "DataSample", "Spec", "snake_case", "get_framework", "framework_of", "seed_everything",
+           "FRAMEWORKS", "deterministic_error", "error_cause"]
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,17 @@ class DataSample:
 
     ``features`` and ``labels`` map column names to numpy arrays of the same rows;
     ``feature_columns`` are the columns this model takes (an ablation variant may take fewer).
+    ``label_stats`` summarises each label column over the whole data set
+    (``PreparedData.label_stats``: ``{"min", "max", "integral", "width"}``), so that label
+    ranges are checked against every row, not only these; a column it lacks is checked on the
+    sample rows (:func:`cerebro.frameworks.arrays.check_label_fit`).
     """
 
     features: Mapping[str, np.ndarray]
     labels: Mapping[str, np.ndarray]
     feature_columns: tuple[str, ...]
     label_columns: tuple[str, ...]
+    label_stats: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class Framework(abc.ABC):
@@ -289,6 +295,129 @@ def seed_everything(seed: int) -> list[str]:
             get_framework(name).seed(seed)
             seeded.append(name)
     return seeded
+
+
+# ------------------------------------------------------------------ failures
+
+
+# Exception types that a retry cannot change when the user's model raises them: a sub-epoch
+# is a pure function of (state, data, seed, batch size), and a retry replays it from the same
+# committed state on the same partition with the same seed.
+_DETERMINISTIC_TYPES = (ValueError, TypeError, IndexError, KeyError, AttributeError, NotImplementedError,
+                        ZeroDivisionError)
+# TensorFlow's errors by class name (no import of TensorFlow here): bad arguments (a label
+# value out of range, incompatible shapes, a wrong dtype) are the model's or the data's.
+_TF_DETERMINISTIC = {"InvalidArgumentError", "OutOfRangeError"}
+# What the machine, not the model, did: a retry (or a restarted worker) may fix it.
+_ENVIRONMENTAL_TYPES = (OSError, MemoryError, KeyboardInterrupt, SystemExit, EOFError)
+_TF_ENVIRONMENTAL = {"ResourceExhaustedError", "UnavailableError", "AbortedError", "CancelledError",
+                     "DeadlineExceededError", "InternalError", "DataLossError", "UnknownError", "OutOfMemoryError"}
+_ENVIRONMENTAL_TEXT = re.compile(r"out of memory|CUDA error|CUDNN_STATUS|cuDNN error|NCCL|CUBLAS_STATUS"
+                                 r"|resource exhausted|connection|timed? ?out|broken pipe", re.IGNORECASE)
+# RuntimeError texts of torch (and of user code) that name a shape, dtype or index problem.
+_DETERMINISTIC_TEXT = re.compile(
+    r"out of bounds|size mismatch|shapes? .*(mismatch|cannot|incompatible|must match|invalid)|cannot be multiplied"
+    r"|must match the size|doesn't match the broadcast shape|expected scalar type|expected .*dtype|found dtype"
+    r"|expected input batch_size|expected target size|target size|0D or 1D target|multi-target not supported"
+    r"|can't be cast|same number of dimensions|expected .* dimensions?|not implemented for|invalid shape"
+    r"|size of tensor a .* must match|only batches of spatial targets supported|received a label value"
+    r"|device-side assert",
+    re.IGNORECASE,
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling, newest first."""
+    out: list[BaseException] = []
+    while exc is not None and exc not in out and len(out) < 20:
+        out.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return out
+
+
+def _type_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _environmental(exc: BaseException) -> bool:
+    if isinstance(exc, _ENVIRONMENTAL_TYPES) or _type_names(exc) & _TF_ENVIRONMENTAL:
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc)
+    # A kernel's assertion (e.g. torch's class index out of range on a GPU) fails again on the
+    # same data, although it reads "CUDA error".
+    return "device-side assert" not in text and bool(_ENVIRONMENTAL_TEXT.search(text))
+
+
+def _deterministic(exc: BaseException) -> bool:
+    from .arrays import LabelMismatch
+
+    if isinstance(exc, LabelMismatch) or _type_names(exc) & _TF_DETERMINISTIC:
+        return True
+    if isinstance(exc, _DETERMINISTIC_TYPES):
+        return True
+    return isinstance(exc, RuntimeError) and bool(_DETERMINISTIC_TEXT.search(str(exc)))
+
+
+def deterministic_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a sub-epoch (training or evaluation) of a model, would be raised
+    again by a retry: an error of the user's model or data, not of the machine.
+
+    A sub-epoch is a pure function of (state, data, seed, batch size) and a retry replays it
+    from the same committed state on the same partition with the same seed, so an error that
+    the computation itself raises comes back every time: a label out of range (TensorFlow's
+    ``InvalidArgumentError: Received a label value of 19 which is outside the valid range of
+    [0, 10)``, torch's ``IndexError: Target 19 is out of bounds``), a shape or dtype mismatch
+    (``ValueError``, ``TypeError``, torch's ``RuntimeError: mat1 and mat2 shapes cannot be
+    multiplied``), a bug in the user's code (``KeyError``, ``AttributeError``, ...), and
+    :class:`~cerebro.frameworks.arrays.LabelMismatch`.
+
+    Not deterministic (a retry, or a restarted worker, may succeed): anything in the chain of
+    ``exc`` (``__cause__``/``__context__``) that the machine did -- ``OSError`` (and so
+    :class:`~cerebro.errors.StoreFullError`, lost connections, time-outs), ``MemoryError``,
+    out-of-memory and other CUDA errors, TensorFlow's ``ResourceExhaustedError``,
+    ``UnavailableError``, ``InternalError``, ... --; and every exception not named above (an
+    unknown failure is retried, as before).
+    """
+    chain = _chain(exc)
+    if any(_environmental(e) for e in chain):
+        return False
+    return any(_deterministic(e) for e in chain)
+
+
+_TF_NOISE = (
+    re.compile(r"^\s*Graph execution error:\s*$"),
+    re.compile(r"^\s*Detected at node .* defined at \(most recent call last\):\s*$"),
+    re.compile(r"^\s*File \".*\", line \d+, in .*$"),
+    re.compile(r"^\s*\[\[\{\{.*\}\}\]\].*$"),
+)
+_TF_PREFIX = re.compile(r"^\s*(\{\{function_node [^}]*\}\}\s*)+")
+_TF_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\](\s*name:.*)?\s*$")
+_MAX_CAUSE = 500
+
+
+def error_cause(exc: BaseException) -> str:
+    """The real cause in a framework's error message, for the last line of a traceback.
+
+    TensorFlow's errors name graph nodes and carry the Python stack of the node's definition
+    (``Graph execution error: Detected at node compile_loss/.../SparseSoftmaxCrossEntropyWithLogits
+    defined at ...``, ``[[{{node ...}}]] [Op:__inference_...]``); this keeps what the op said
+    (``Received a label value of 19 which is outside the valid range of [0, 10).  Label
+    values: ...``), at most 500 characters.  Other errors: their message as it is.
+    """
+    text = str(getattr(exc, "message", None) or exc)
+    if "{{" not in text and "Graph execution error" not in text and "[Op:" not in text:
+        return text
+    kept = []
+    for line in text.splitlines():
+        if not line.strip() or any(p.match(line) for p in _TF_NOISE):
+            continue
+        line = _TF_SUFFIX.sub("", _TF_PREFIX.sub("", line)).strip()
+        if line:
+            kept.append(line)
+    cause = " ".join(kept) or text.strip()
+    return cause if len(cause) <= _MAX_CAUSE else cause[:_MAX_CAUSE - 3] + "..."
 
 
 class _CacheEntry:

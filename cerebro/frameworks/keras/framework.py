@@ -19,6 +19,7 @@ from .. import base
 from . import ablation, inputs, train
 from . import state as checkpoint
 from .build import build_compiled
+from .check import check_sample
 from .estimator import KerasEstimator, ModelSpec
 
 __all__ = ["KerasFramework", "FRAMEWORK", "ModelCache", "MODEL_FILE", "STATE_FILE"]
@@ -58,9 +59,14 @@ class KerasFramework(base.Framework):
 
     def make_spec(self, estimator: KerasEstimator, input_shapes: Sequence[Sequence[int]],
                   sample: base.DataSample | None = None) -> ModelSpec:
-        """:meth:`KerasEstimator.make_spec`; ``sample`` is not used (Keras checks shapes when it
-        builds the model)."""
-        return estimator.make_spec(input_shapes)
+        """:meth:`KerasEstimator.make_spec`, then, with a ``sample``, one forward pass, the label
+        checks and the loss on its rows (:func:`.check.check_sample`): LabelMismatch for
+        labels that do not fit a loss, CerebroError naming the real cause when the forward
+        pass or the loss fails."""
+        spec = estimator.make_spec(input_shapes)
+        if sample is not None:
+            check_sample(estimator, spec, sample)
+        return spec
 
     def transfer_learning_rate(self, state: bytes, donor: bytes) -> bytes:
         return checkpoint.transfer_learning_rate(state, donor)

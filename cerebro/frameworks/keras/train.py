@@ -17,6 +17,7 @@ import numpy as np
 from ..._checks import check_int
 from ...core.seeds import layer_seed_values, row_order
 from ..arrays import num_rows, take
+from ..base import error_cause
 
 __all__ = ["train_sub_epoch", "seed_sub_epoch", "evaluate", "limit_threads", "enable_memory_growth", "seed_model_creation"]
 
@@ -105,6 +106,32 @@ def _run_batches(model: Any, kind: str, x: Any, y: Any, batch_size: int) -> dict
     bit-identical to ``fit(..., shuffle=False)`` / ``evaluate`` (pinned by
     tests/integration/test_keras_lean_path.py).
     """
+    try:
+        return _run_batches_unchecked(model, kind, x, y, batch_size)
+    except Exception as exc:
+        clean = _with_real_cause(exc)
+        if clean is None:
+            raise
+        raise clean from exc
+
+
+def _with_real_cause(exc: BaseException) -> BaseException | None:
+    """A TensorFlow error like ``exc`` whose message is only what the op said (the last line of a
+    traceback then reads ``InvalidArgumentError: Received a label value of 19 which is outside
+    the valid range of [0, 10) ...``, not a graph node's name); None when ``exc`` is no such error
+    or its message is clean already."""
+    if not (hasattr(exc, "node_def") and hasattr(exc, "op") and hasattr(exc, "message")):
+        return None
+    cause = error_cause(exc)
+    if cause == exc.message:
+        return None
+    try:
+        return type(exc)(exc.node_def, exc.op, cause)
+    except Exception:  # noqa: BLE001 - an error class with another constructor: keep the original
+        return None
+
+
+def _run_batches_unchecked(model: Any, kind: str, x: Any, y: Any, batch_size: int) -> dict[str, float]:
     x, y = _tensorflow_ready(x), _tensorflow_ready(y)
     n = num_rows(x)
     if kind == "train":

@@ -36,10 +36,11 @@ from typing import Any, Sequence
 import cloudpickle
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cerebro.errors import CerebroError
-from cerebro.frameworks.arrays import feature_arrays, target_arrays
+from cerebro.frameworks.arrays import LabelUse, check_label_fit, feature_arrays, target_arrays
 from cerebro.frameworks.base import Spec
 from cerebro.frameworks.shipping import shipped_by_value
 
@@ -258,8 +259,41 @@ def _scalar_check(value: Any, what: str, output: torch.Tensor, tensor_only: bool
         )
 
 
+# Loss callables given as themselves (kind "raw": the target goes to them as it comes) whose
+# labels are still class indices or binary values.
+_CLASS_FUNCTIONS = (F.cross_entropy, F.nll_loss)
+_BINARY_FUNCTIONS = (F.binary_cross_entropy, F.binary_cross_entropy_with_logits)
+_BINARY_MODULES = (nn.BCELoss, nn.BCEWithLogitsLoss)
+_BINARY_NAMES = ("bce", "bce_with_logits")
+_DEFAULT_IGNORE_INDEX = -100  # F.cross_entropy's and F.nll_loss's
+
+
+def label_use(loss: Any, output: torch.Tensor, target: torch.Tensor, column: str, what: str) -> LabelUse | None:
+    """How ``loss`` (an :class:`OutputLoss`) uses label column ``column`` for ``output``: class
+    indices along dim 1 for ``cross_entropy``/``nll`` (and their modules and functions), values
+    in [0, 1] for the binary cross entropies; None for any other loss, or for cross entropy
+    against class probabilities (a float target of the output's shape)."""
+    spec = loss.spec
+    values = int(output[0].numel()) if output.ndim else 1
+    if loss.kind == "class" or any(spec is f for f in _CLASS_FUNCTIONS):
+        nll = spec == "nll" if isinstance(spec, str) else (isinstance(spec, nn.NLLLoss) or spec is F.nll_loss)
+        if not nll and target.is_floating_point() and tuple(target.shape) == tuple(output.shape):
+            return None  # class probabilities, not indices
+        classes = int(output.shape[1]) if output.ndim >= 2 else None
+        ignore = getattr(spec, "ignore_index", _DEFAULT_IGNORE_INDEX)
+        return LabelUse(column, loss.label, "class", what, classes=classes, values=values, rank=int(output.ndim),
+                        ignore=ignore)
+    if isinstance(spec, str):
+        binary = spec in _BINARY_NAMES
+    else:
+        binary = isinstance(spec, _BINARY_MODULES) or any(spec is f for f in _BINARY_FUNCTIONS)
+    if binary:
+        return LabelUse(column, loss.label, "binary", what, values=values, rank=int(output.ndim))
+    return None
+
+
 def _sample_check(model: TorchModel, sample: Any) -> list[torch.Tensor]:
-    """One forward pass, the loss and every metric on the sample rows; the outputs."""
+    """One forward pass, the label checks, the loss and every metric on the sample rows; the outputs."""
     x = feature_arrays(model.input_shapes, model.input_dtypes, sample.features, sample.feature_columns)
     y = target_arrays(model.num_outputs, sample.labels, sample.label_columns)
     inputs = [to_tensor(a, model.device, model.float_dtype) for a in (x if isinstance(x, list) else [x])]
@@ -267,6 +301,13 @@ def _sample_check(model: TorchModel, sample: Any) -> list[torch.Tensor]:
     outputs = _forward_check(model, inputs, f"{inputs[0].shape[0]} sample rows of the feature columns "
                                             f"{list(sample.feature_columns)}")
     columns = list(sample.label_columns)
+    uses = []
+    for i, (loss, output, target) in enumerate(zip(model.losses, outputs, targets)):
+        what = f"The model's output{'' if len(outputs) == 1 else f' {i}'} of shape {tuple(output.shape)}"
+        use = label_use(loss, output, target, columns[i], what)
+        if use is not None:
+            uses.append(use)
+    check_label_fit(uses, sample.labels, getattr(sample, "label_stats", None))
     for i, (loss, output, target) in enumerate(zip(model.losses, outputs, targets)):
         fits = (f"the model's output{'' if len(outputs) == 1 else f' {i}'} of shape {tuple(output.shape)} "
                 f"does not fit label column {columns[i]!r} (values shape {tuple(target.shape)}, {target.dtype})")
