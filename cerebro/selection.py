@@ -26,6 +26,7 @@ from .core.records import RunMark
 from .core.seeds import driver_rng
 from .drivers.base import SearchDriver
 from .drivers.grid import GridDriver, RandomDriver
+from .errors import CerebroError
 from .experiment.engine import Engine
 from .experiment.workspace import ExperimentWorkspace
 from .frameworks.base import framework_of
@@ -210,7 +211,8 @@ class ModelSelection:
 
         workspace.begin(self._metadata(name, prepared, args), self)
         try:
-            workspace.journal(RunMark("resumed" if resume else "started", time.time(), os.getpid()).to_dict())
+            workspace.journal(RunMark("resumed" if resume else "started", time.time(), os.getpid(),
+                                      workspace.search_path).to_dict())
             listeners = self._listeners(workspace, args, metric, mode)
             engine = Engine(
                 backend=self.backend,
@@ -243,12 +245,23 @@ class ModelSelection:
                     workspace.discard()
                 raise
             except BaseException:
-                workspace.journal(RunMark("aborted", time.time()).to_dict())
+                try:
+                    workspace.journal(RunMark("aborted", time.time()).to_dict())
+                except OSError as exc:  # a full or lost store: the original error is the one to see
+                    log.warning("could not journal that the run aborted: %s", exc)
                 _close_all(listeners, "FAILED")
+                raise
+            try:
+                # The result tables are written before the run is marked finished: a driver killed
+                # in between resumes and writes them again, so a finished experiment always has them.
+                result = self._result(outcome, workspace, metric, mode)
+            except CerebroError:   # no configuration could train: the run is over all the same
+                workspace.journal(RunMark("finished", time.time()).to_dict())
+                _close_all(listeners, "FINISHED")
                 raise
             workspace.journal(RunMark("finished", time.time()).to_dict())
             _close_all(listeners, "FINISHED")
-            return self._result(outcome, workspace, metric, mode)
+            return result
         finally:
             workspace.end()
 
@@ -260,7 +273,14 @@ class ModelSelection:
         if df is None:
             if records_meta is None:
                 raise TypeError(f"{self._owner}.fit() needs a DataFrame or a Parquet path (df=None only with resume=True)")
-            return PreparedData.from_dict(store.read_json(layout.data_manifest(records_meta["data_key"])))
+            manifest = layout.data_manifest(records_meta["data_key"])
+            if not store.exists(manifest):
+                raise CerebroError(
+                    f"the interrupted run's prepared data {records_meta['data_key']} is no longer complete in {store.url} "
+                    "(deleted, or found corrupted and set aside); resume with the data: fit(df, resume=True) prepares "
+                    "it again"
+                )
+            return PreparedData.from_dict(store.read_json(manifest))
         prepared = prepare_data(
             df, store, feature_columns=args["features"], label_columns=args["labels"],
             validation=self.validation, num_partitions=self.backend.num_workers, seed=self.seed,

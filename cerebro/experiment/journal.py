@@ -121,6 +121,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_holder(store: Store, name: str) -> dict[str, Any] | None:
+    """Who holds the experiment's lock: ``{"host", "pid", ...}``, or None when nobody does (no
+    lock, or one left by a process of this host that is gone).  A lock of another host counts
+    as held: its process cannot be checked from here."""
+    path = layout.lock(name)
+    try:
+        holder = json.loads(store.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except Exception:
+        holder = {}
+    if not isinstance(holder, dict):
+        holder = {}
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+            and not _pid_alive(holder["pid"]):
+        return None
+    return holder
+
+
+def _in_use(store: Store, name: str, holder: dict[str, Any]) -> CerebroError:
+    return CerebroError(
+        f"experiment {name!r} is in use by process {holder.get('pid')} on host {holder.get('host')} "
+        f"(lock {store.url}/{layout.lock(name)}); two drivers on one experiment are refused. If that process is "
+        "really gone, delete the lock file and resume."
+    )
+
+
 def acquire_lock(store: Store, name: str) -> None:
     """Refuse a second driver on one experiment.
 
@@ -133,21 +160,34 @@ def acquire_lock(store: Store, name: str) -> None:
     for _ in range(2):
         if store.create_exclusive(path, data):
             return
-        try:
-            holder = json.loads(store.read_bytes(path))
-        except Exception:
-            holder = {}
-        same_host = holder.get("host") == me["host"]
-        if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-            log.warning("experiment %r was locked by process %d, which is gone; taking the lock over", name, holder["pid"])
+        holder = lock_holder(store, name)
+        if holder is None:
+            log.warning("experiment %r was locked by a process that is gone; taking the lock over", name)
             store.delete(path)
             continue
-        raise CerebroError(
-            f"experiment {name!r} is in use by process {holder.get('pid')} on host {holder.get('host')} "
-            f"(lock {store.url}/{path}); two drivers on one experiment are refused. If that process is "
-            "really gone, delete the lock file and resume."
-        )
+        raise _in_use(store, name, holder)
     raise CerebroError(f"could not take the lock {store.url}/{path}")
+
+
+def reclaim_unstarted(store: Store, name: str) -> bool:
+    """Clear an experiment directory whose driver died during start-up.
+
+    Until the journal's first record, an experiment directory holds only start-up files (the
+    lock, ``experiment.json``, the pickled search, perhaps model specs): nothing was trained
+    or committed, so nothing is lost by starting again.  Returns True when the directory was
+    such a leftover and is now gone; False when it does not exist or its journal has records.
+    Raises :class:`CerebroError` when a live driver holds its lock (it is starting right now).
+    """
+    exp_dir = layout.experiment_dir(name)
+    if not store.exists(exp_dir) or read_journal(store, name):
+        return False
+    holder = lock_holder(store, name)
+    if holder is not None:
+        raise _in_use(store, name, holder)
+    log.warning("experiment %r: its driver died during start-up, before the journal's first record, so nothing was "
+                "committed; clearing %s/%s and starting it afresh", name, store.url, exp_dir)
+    store.delete(exp_dir)
+    return True
 
 
 def release_lock(store: Store, name: str) -> None:

@@ -29,12 +29,14 @@ from ..core.records import VISIT_COLUMNS
 from ..core.seeds import exploit_init_seed, model_init_seed
 from ..core.state import ExperimentState, ExploitPlan
 from ..errors import CerebroError
-from ..frameworks.arrays import input_shapes, label_count_problem
+from ..frameworks.arrays import LabelMismatch, input_shapes, label_count_problem
 from ..frameworks.base import DataSample, framework_of, seed_everything
 from ..storage import Store, layout
-from ..worker import read_checkpoint
+from ..worker import read_checkpoint, read_pickled
 from .engine import EngineOutcome, ModelCreationFailed, ModelInit
-from .journal import Journal, acquire_lock, journal_state, read_journal, release_lock, repair_torn_tail
+from .journal import (
+    Journal, acquire_lock, journal_state, lock_holder, read_journal, reclaim_unstarted, release_lock, repair_torn_tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +71,35 @@ class ExperimentWorkspace:
         self._metric_checked: str | None = None
         self._journal: Journal | None = None
         self._locked = False
+        self.search_path: str | None = None   # the pickled search of a new run (None when it cannot be pickled)
 
     # ------------------------------------------------------------------ life cycle
 
     @classmethod
     def open(cls, store: Store, name: str, resume: bool, num_workers: int) -> "ExperimentWorkspace":
         """The workspace for experiment ``name``: refuses to resume what cannot be resumed, and to
-        start a new run over an existing experiment.  Writes nothing."""
+        start a new run over an existing experiment.  Writes nothing, except that a directory
+        left by a driver killed during start-up (no journal record yet) is cleared for a new run."""
         exp_dir = layout.experiment_dir(name)
         exists = store.exists(exp_dir)
         records = read_journal(store, name) if exists else []
         meta = None
+        if exists and not records:
+            # A driver killed during start-up (before the journal's first record) committed nothing:
+            # a fresh fit clears what it left and starts again; resume has nothing to continue.
+            holder = lock_holder(store, name)
+            if holder is not None:
+                raise CerebroError(
+                    f"experiment {name!r} is being started by process {holder.get('pid')} on host {holder.get('host')} "
+                    f"(lock {store.url}/{layout.lock(name)}); two drivers on one experiment are refused"
+                )
+            if resume:
+                raise ValueError(
+                    f"resume=True but experiment {name!r} never started in {store.url}: its driver stopped during "
+                    "start-up, before the journal's first record, so no training was committed and there is "
+                    "nothing to resume; call fit without resume=True, which clears what it left and starts afresh"
+                )
+            exists = not reclaim_unstarted(store, name)
         if resume:
             state = journal_state(records)
             if state == "new":
@@ -124,9 +144,13 @@ class ExperimentWorkspace:
             clone = copy.copy(search)
             clone.backend, clone.store = None, None
             try:
-                self.store.write_bytes(layout.search_file(self.name), pickle.dumps(clone))
+                data = pickle.dumps(clone)
             except Exception as exc:  # a lambda or local function cannot be pickled by reference
                 log.info("search arguments not saved for `cerebro resume` (%s); resume with fit(..., resume=True)", exc)
+            else:
+                # Named by its sha256, which the journal's "started" record then holds.
+                self.search_path = layout.search_file(self.name, hashlib.sha256(data).hexdigest())
+                self.store.write_bytes(self.search_path, data)
         self._journal = Journal(self.store, self.name)
 
     def end(self) -> None:
@@ -175,8 +199,10 @@ class ExperimentWorkspace:
             self._sample_rows = load_partition(self.store, self.prepared, "train", 0, max_rows=SAMPLE_ROWS)
         part = self._sample_rows
         columns = tuple(features or self.prepared.feature_columns)
+        # The label checks see the whole data set's label ranges (the manifest's), where known.
         return DataSample({c: part.features[c] for c in columns}, dict(part.labels), columns,
-                          tuple(self.prepared.label_columns))
+                          tuple(self.prepared.label_columns),
+                          label_stats=dict(getattr(self.prepared, "label_stats", None) or {}))
 
     def _estimator(self, params: dict[str, Any], seed: int) -> tuple[Any, Any, list[str] | None]:
         """``(framework, estimator, feature columns or None)`` built by the user's code with
@@ -193,8 +219,12 @@ class ExperimentWorkspace:
         fw.check_estimator(estimator)
         return fw, estimator, features
 
-    def _write_model(self, spec_path: str, ckpt: str, spec: Any, state: bytes, task_extra: dict | None = None) -> ModelInit:
-        self.store.write_bytes(spec_path, pickle.dumps(spec))
+    def _write_model(self, model_id: str, version: int, ckpt: str, spec: Any, state: bytes,
+                     task_extra: dict | None = None) -> ModelInit:
+        """Store a spec (named by its sha256, which the journal then records) and its state."""
+        data = pickle.dumps(spec)
+        spec_path = layout.model_spec(self.name, model_id, version, hashlib.sha256(data).hexdigest())
+        self.store.write_bytes(spec_path, data)
         self.store.write_bytes(ckpt, state)
         return ModelInit(spec_path, ckpt, hashlib.sha256(state).hexdigest(), task_extra or {}, spec.framework)
 
@@ -220,8 +250,13 @@ class ExperimentWorkspace:
             if first:  # the feature columns do not fit the model: refused before any training
                 raise
             raise ModelCreationFailed(traceback.format_exc()) from None
+        sample = self._sample(features)   # corrupt prepared data is the data's error, not the model's
         try:
-            spec = fw.make_spec(estimator, shapes, self._sample(features))
+            spec = fw.make_spec(estimator, shapes, sample)
+        except LabelMismatch as exc:
+            if first:  # the labels do not fit the model's outputs or losses: refused before any training
+                raise exc.with_traceback(None) from None
+            raise ModelCreationFailed(traceback.format_exc()) from None
         except Exception:
             raise ModelCreationFailed(traceback.format_exc()) from None
         problem = label_count_problem(spec.num_outputs, self.prepared.label_columns)
@@ -229,14 +264,14 @@ class ExperimentWorkspace:
             if first:  # the label columns do not fit the model: refused before any training
                 raise ValueError(f"{problem} Give label_columns one column per model output.")
             raise ModelCreationFailed(problem)
-        return self._write_model(layout.model_spec(self.name, model_id), layout.checkpoint(self.name, model_id, 0, 0),
+        return self._write_model(model_id, 0, layout.checkpoint(self.name, model_id, 0, 0),
                                  spec, spec.initial_state, {"features": features} if features else {})
 
     def exploit(self, plan: ExploitPlan, params: dict[str, Any]) -> ModelInit:
         """PBT: the target continues from the source's committed epoch-boundary state with ``params``."""
         fw, estimator, _ = self._estimator(params, exploit_init_seed(self.seed, plan.target_index, plan.spec_version))
         spec = fw.make_spec(estimator, self._input_shapes(fw, estimator, plan.features), self._sample(plan.features))
-        source_spec = pickle.loads(self.store.read_bytes(plan.source_spec))
+        source_spec = read_pickled(self.store, plan.source_spec)
         if spec.framework != source_spec.framework or spec.arch_key != source_spec.arch_key:
             raise CerebroError(
                 f"exploit of {plan.source} into {plan.target} with params {params}: these parameters change "
@@ -245,7 +280,7 @@ class ExperimentWorkspace:
             )
         state = fw.transfer_learning_rate(read_checkpoint(self.store, plan.source_checkpoint, plan.source_checksum),
                                           spec.initial_state)
-        return self._write_model(layout.model_spec(self.name, plan.target, plan.spec_version),
+        return self._write_model(plan.target, plan.spec_version,
                                  layout.checkpoint(self.name, plan.target, plan.next_epoch, 0, plan.spec_version),
                                  spec, state)
 
@@ -274,6 +309,7 @@ class ExperimentWorkspace:
         history = pd.DataFrame([{k: v for k, v in row.items() if k != "__params"} for row in outcome.history])
         if history.empty:
             history = pd.DataFrame(columns=["model_id", "epoch"])
+        history = history[_history_order(history.columns)]
         # Each epoch's own parameters (PBT changes them mid-run).
         for col in params_cols:
             history[f"param_{col}"] = [row.get("__params", outcome.models[row["model_id"]].params).get(col)
@@ -318,3 +354,17 @@ class ExperimentWorkspace:
             evaluation_metric=metric, mode=mode, evaluations=evaluations,
             best_checkpoint=outcome.best_checkpoint, checkpoint_bytes=checkpoint_bytes,
         )
+
+
+def _history_order(columns) -> list[str]:
+    """``history``'s columns in one order, however the run went: a resumed run reads its
+    metrics back from the journal (keys sorted) where a live one has them in the framework's
+    order.  ``model_id``, ``epoch``, the ``train_`` metrics by name, the ``val_`` metrics by
+    name, then anything else as it came."""
+    columns = list(columns)
+    head = [c for c in ("model_id", "epoch") if c in columns]
+    metrics = []
+    for split in ("train_", "val_"):
+        metrics += sorted(c for c in columns if c.startswith(split))
+    return head + metrics + [c for c in columns if c not in head and c not in metrics]
+

@@ -121,8 +121,11 @@ def test_a_refused_run_keeps_prepared_data_it_reused(store, frame):
 
 
 def test_reusing_an_experiment_name_is_refused(store, frame):
+    # A run that started (its journal has a record) is never overwritten; one that died during
+    # start-up, before its first record, is cleared instead (tests/unit/test_startup_leftovers.py).
     store.write_json("experiments/bad/experiment.json", {})
-    with pytest.raises(ValueError, match="resume"):
+    store.append_bytes("experiments/bad/journal.jsonl", b'{"type": "started", "time": 1.0}\n')
+    with pytest.raises(ValueError, match="already exists.*resume"):
         fit(store, frame)
 
 
@@ -184,17 +187,10 @@ def test_resume_with_another_search_is_refused(store, frame):
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A real read-only file system (a tmpfs mounted ro), so writes fail with EROFS."""
-    import subprocess
+    from mounts import mounted_tmpfs
 
-    path = tmp_path / "ro"
-    path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(path)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
-    yield path
-    subprocess.run(["umount", str(path)], check=True)
+    with mounted_tmpfs(tmp_path / "ro", "ro") as path:
+        yield path
 
 
 def test_a_read_only_store_is_refused_up_front_naming_it(read_only_dir, frame):
