@@ -33,7 +33,7 @@ from .config import model_output_names
 from .encoding import custom_scope
 from .estimator import KerasEstimator, ModelSpec
 from .inputs import make_inputs, make_targets
-from .train import _tensorflow_ready
+from .train import tensorflow_ready
 
 __all__ = ["check_sample", "label_kind"]
 
@@ -161,7 +161,7 @@ def check_sample(estimator: KerasEstimator, spec: ModelSpec, sample: DataSample)
     fails; warns (UserWarning) about fractional class indices."""
     model = estimator.model
     columns = list(sample.label_columns)
-    x = _tensorflow_ready(make_inputs(spec, sample.features, sample.feature_columns))
+    x = tensorflow_ready(make_inputs(spec, sample.features, sample.feature_columns))
     y = make_targets(spec, sample.labels, columns)
     targets = list(y) if spec.num_outputs > 1 else [y]
     names = model_output_names(model)
@@ -182,7 +182,7 @@ def check_sample(estimator: KerasEstimator, spec: ModelSpec, sample: DataSample)
         compiled = _compile_loss(estimator)
         if compiled is None:
             return
-        y_true = _tensorflow_ready(targets if len(targets) > 1 else targets[0])
+        y_true = tensorflow_ready(targets if len(targets) > 1 else targets[0])
         y_pred = preds if len(preds) > 1 else preds[0]
         try:
             compiled.build(y_true, y_pred)

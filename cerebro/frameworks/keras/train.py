@@ -76,10 +76,10 @@ def _set_seed_except_tensorflow(value: int) -> None:
     np.random.seed(value)
 
 
-def _tensorflow_ready(arrays: Any) -> Any:
+def tensorflow_ready(arrays: Any) -> Any:
     """The structure Keras' array adapter feeds ``fit``: lists as tuples, floats as floatx."""
     if isinstance(arrays, (list, tuple)):
-        return tuple(_tensorflow_ready(a) for a in arrays)
+        return tuple(tensorflow_ready(a) for a in arrays)
     array = np.asarray(arrays)
     floatx = keras.backend.floatx()
     if array.dtype.kind == "f" and array.dtype != np.dtype(floatx):
@@ -132,7 +132,7 @@ def _with_real_cause(exc: BaseException) -> BaseException | None:
 
 
 def _run_batches_unchecked(model: Any, kind: str, x: Any, y: Any, batch_size: int) -> dict[str, float]:
-    x, y = _tensorflow_ready(x), _tensorflow_ready(y)
+    x, y = tensorflow_ready(x), tensorflow_ready(y)
     n = num_rows(x)
     if kind == "train":
         model.make_train_function()
