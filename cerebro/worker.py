@@ -1,7 +1,8 @@
 """What one MOP worker does, whatever process or Spark task it lives in.
 
 A :class:`WorkerRuntime` owns one training and one validation partition, read once from the
-store with pyarrow and kept in memory, and one cache of built models per framework.  The backends
+store with pyarrow and kept in memory, and one cache of built models per framework.  A task
+names its partition: one taken over from a retired worker is read on first use and kept too.  The backends
 (local processes, Spark tasks, the inline test backend) only move tasks and results
 (:class:`~cerebro.experiment.tasks.Task` in, :class:`~cerebro.experiment.tasks.TaskResult` out).
 """
@@ -17,7 +18,7 @@ from typing import Any
 from .backends.devices import host, worker_device
 from .errors import CerebroError, StoreFullError, StoreIntegrityError
 from .experiment.tasks import Task, TaskResult
-from .frameworks.base import Framework, ModelCache, get_framework
+from .frameworks.base import Framework, ModelCache, deterministic_error, get_framework
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,30 @@ def where() -> tuple[str, str]:
     return host(), worker_device()
 
 
+class CheckpointUnusable(CerebroError):
+    """A task's input checkpoint cannot be read: it is missing from the store or its bytes do not
+    match the journal's sha256.  Reported as ``TaskFailed.cause == "checkpoint"``: rather than
+    retry the same read, the engine rolls the model back to the state its epoch started from."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CheckpointCorrupted(CheckpointUnusable):
+    """A checkpoint's bytes do not match the sha256 the journal committed for it."""
+
+
 def read_checkpoint(store: Any, path: str, checksum: str | None) -> bytes:
-    """Read a checkpoint and check its sha256 against the journal's; never return corrupt bytes."""
+    """Read a checkpoint and check its sha256 against the journal's; never return corrupt bytes
+    (:class:`CheckpointCorrupted`; a missing file is the store's ``FileNotFoundError``)."""
     data = store.read_bytes(path)
     if checksum is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != checksum:
-            raise CerebroError(
+            raise CheckpointCorrupted(
                 f"checkpoint {path} is corrupted: sha256 {actual[:16]}... does not match the committed "
-                f"{checksum[:16]}... ({len(data)} bytes read); refusing to load it"
+                f"{checksum[:16]}... ({len(data)} bytes read); refusing to load it", path
             )
     return data
 
@@ -69,11 +85,23 @@ def read_pickled(store: Any, path: str) -> Any:
 def failure_cause(exc: BaseException) -> str | None:
     """What kind of failure a task's exception is, for the engine (``TaskFailed.cause``):
     ``"store_full"`` when the store had no room for a write, ``"integrity"`` when a file to
-    unpickle was changed in the store, else None (an ordinary failure, retried)."""
+    unpickle was changed in the store, ``"data"`` when a prepared partition file does not match
+    its manifest, ``"checkpoint"`` when the task's input checkpoint is missing or corrupted
+    (:class:`CheckpointUnusable`), ``"deterministic"`` for an error of the model or its data that
+    a retry would raise again (:func:`~cerebro.frameworks.base.deterministic_error`: not retried),
+    else None (an ordinary failure, retried)."""
     if isinstance(exc, StoreFullError):
         return "store_full"
     if isinstance(exc, StoreIntegrityError):
         return "integrity"
+    if isinstance(exc, CheckpointUnusable):
+        return "checkpoint"
+    from .data import PreparedDataCorrupted
+
+    if isinstance(exc, PreparedDataCorrupted):
+        return "data"
+    if deterministic_error(exc):
+        return "deterministic"
     return None
 
 
@@ -96,6 +124,7 @@ class WorkerRuntime:
         self.prepared = PreparedData.from_dict(prepared)
         self.train = load_partition(store, self.prepared, "train", partition)
         self.val = load_partition(store, self.prepared, "val", partition)
+        self._served: dict[tuple[str, int], Any] = {}   # (split, partition) -> data of partitions it took over
         self._frameworks: dict[str, Framework] = {}
         self._caches: dict[str, ModelCache] = {}
         self._specs: dict[str, Any] = {}
@@ -125,14 +154,28 @@ class WorkerRuntime:
             self._specs[path] = spec
         return spec
 
-    def _xy(self, fw: Framework, spec, split: str, features: list[str] | None = None):
+    def partition_data(self, split: str, partition: int):
+        """The ``split`` ("train" or "val") rows of ``partition``: this worker's own, read at start,
+        or those of a partition it took over from a retired worker, read from the store on first
+        use (and checked against the manifest like its own) and then kept in memory."""
+        if partition == self.partition:
+            return self.train if split == "train" else self.val
+        part = self._served.get((split, partition))
+        if part is None:
+            from .data import load_partition
+
+            log.info("worker %d serves partition %d too: reading its %s rows", self.partition, partition, split)
+            part = self._served[(split, partition)] = load_partition(self.store, self.prepared, split, partition)
+        return part
+
+    def _xy(self, fw: Framework, spec, split: str, partition: int, features: list[str] | None = None):
         # Inputs depend only on the framework, the model's input/output signature and its
         # feature columns (an ablation variant may leave one out), not on its weights.
         columns = list(features) if features else list(self.prepared.feature_columns)
-        key = (fw.name, repr((spec.input_shapes, spec.input_dtypes, spec.num_outputs, columns)), split)
+        key = (fw.name, repr((spec.input_shapes, spec.input_dtypes, spec.num_outputs, columns)), split, partition)
         cached = self._arrays.get(key)
         if cached is None:
-            part = self.train if split == "train" else self.val
+            part = self.partition_data(split, partition)
             x = fw.make_inputs(spec, part.features, columns)
             y = fw.make_targets(spec, part.labels, list(self.prepared.label_columns))
             cached = (x, y)
@@ -146,9 +189,17 @@ class WorkerRuntime:
         fw = self.framework(spec.framework)
         cache = self._caches[fw.name]
         ckpt = task.checkpoint
-        model = cache.load(spec, task.model_id, ckpt, lambda: read_checkpoint(self.store, ckpt, task.checksum))
+
+        def state() -> bytes:
+            try:
+                return read_checkpoint(self.store, ckpt, task.checksum)
+            except FileNotFoundError as exc:
+                raise CheckpointUnusable(f"checkpoint {ckpt} of {task.model_id} is missing from the store: {exc}",
+                                         ckpt) from exc
+
+        model = cache.load(spec, task.model_id, ckpt, state)
         split = "train" if task.kind == "train" else "val"
-        x, y = self._xy(fw, spec, split, task.features)
+        x, y = self._xy(fw, spec, split, task.partition, task.features)
         t1 = time.perf_counter()
         if task.kind == "train":
             try:
@@ -164,7 +215,7 @@ class WorkerRuntime:
             cache.note_saved(task.model_id, task.out, model)
             t3 = time.perf_counter()
         else:
-            rows = self.val.num_rows
+            rows = self.partition_data("val", task.partition).num_rows
             metrics = fw.evaluate(model, x, y, batch_size=spec.batch_size) if rows else {"rows": 0}
             t2 = t3 = time.perf_counter()
             checksum = None

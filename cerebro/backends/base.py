@@ -58,7 +58,11 @@ class TaskFailed:
     """A task raised.  ``cause`` classifies what a retry can do about it
     (:func:`cerebro.worker.failure_cause`): None for an ordinary failure (retried),
     ``"store_full"`` when the store had no room (the run stops; resume once space is freed),
-    ``"integrity"`` when a file to unpickle was changed in the store (the run stops)."""
+    ``"integrity"`` when a file to unpickle was changed in the store (the run stops),
+    ``"data"`` when a prepared partition file does not match its manifest (the run stops),
+    ``"checkpoint"`` when the task's input checkpoint is missing or corrupted (the model rolls
+    back to the state its epoch started from), ``"deterministic"`` for an error of the model or
+    its data that a retry would raise again (the model fails without retries)."""
 
     worker: int
     task_id: int
@@ -82,6 +86,10 @@ class Backend(abc.ABC):
 
     num_workers: int
     start_timeout: float
+    #: Whether the engine may take a worker that keeps dying out of the pool and have the others
+    #: serve its partitions (the worker is then never restarted).  False where workers cannot
+    #: be left out (Spark's barrier stage runs every task or none).
+    can_retire_workers: bool = True
 
     @abc.abstractmethod
     def start(self, setup: WorkerSetup) -> None:
@@ -100,7 +108,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def restart(self, worker: int) -> None:
-        """Start a replacement for a worker that died.  Non-blocking, like :meth:`start`."""
+        """Start a replacement for a worker that died.  Non-blocking, like :meth:`start`.
+
+        The engine decides when (it backs off between the restarts of a worker that keeps dying)
+        and whether (a retired worker is never restarted)."""
 
     @abc.abstractmethod
     def close(self) -> None:

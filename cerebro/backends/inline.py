@@ -8,6 +8,7 @@ injects worker deaths and task failures at chosen moments.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections import deque
 from typing import Any, Callable
@@ -48,14 +49,22 @@ class InlineBackend(Backend):
         self._setup = setup
         self._queue.clear()
         for w in range(self.num_workers):
-            self._runtimes[w] = self.runtime_factory(setup, w)
-            self._pending.append(WorkerReady(w, None, *where()))
+            self._start(w)
+
+    def _start(self, worker: int) -> None:
+        assert self._setup is not None
+        try:
+            self._runtimes[worker] = self.runtime_factory(self._setup, worker)
+        except Exception:
+            # As a worker process that cannot start: it is reported dead, with its traceback.
+            self._runtimes.pop(worker, None)
+            self._pending.append(WorkerDied(worker, traceback.format_exc()))
+            return
+        self._pending.append(WorkerReady(worker, None, *where()))
 
     def restart(self, worker: int) -> None:
-        assert self._setup is not None
         self.restarts += 1
-        self._runtimes[worker] = self.runtime_factory(self._setup, worker)
-        self._pending.append(WorkerReady(worker, None, *where()))
+        self._start(worker)
 
     def submit(self, worker: int, task_id: int, task: Task) -> None:
         self._queue.append((worker, task_id, task))
@@ -65,6 +74,8 @@ class InlineBackend(Backend):
             out, self._pending = self._pending, []
             return out
         if not self._queue:
+            if timeout:
+                time.sleep(timeout)   # nothing to run: block like a real backend until the timeout
             return []
         worker, task_id, task = self._queue.popleft()
         fault = self.faults(worker, task) if self.faults else None

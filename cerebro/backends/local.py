@@ -21,6 +21,7 @@ import multiprocessing.connection as mpc
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import replace
 from typing import Any
@@ -243,6 +244,8 @@ class LocalBackend(Backend):
             waitables[conn] = ("conn", w)
             waitables[self._procs[w].sentinel] = ("proc", w)
         if not waitables:
+            if timeout:
+                time.sleep(timeout)   # every worker is down (a restart is due later): block, do not spin
             return []
         events: list[BackendEvent] = []
         dead: set[int] = set()

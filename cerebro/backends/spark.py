@@ -15,6 +15,12 @@ stage as dead; the engine restarts them (each lost sub-epoch is retried from its
 checkpoint) and the backend relaunches the stage as soon as the cluster offers enough task
 slots again, or reports why it cannot within ``start_timeout``.
 
+So a Spark worker is never retired (``can_retire_workers`` is False): task ``w`` of every
+relaunched stage must run for the stage to run at all, and Spark, not cerebro, decides which
+executor runs it.  A stage that keeps failing ends the experiment with a clear error once its
+workers died ``max_worker_restarts + 1`` times in a row without finishing a task (the engine
+backs off between relaunches).
+
 Between experiments the stage ends (:meth:`release`), so Spark jobs such as data preparation
 and ``transform`` get the slots back; with ``spark.python.worker.reuse`` (Spark's default) the
 Python workers, and the TensorFlow they imported, survive for the next stage.
@@ -149,6 +155,9 @@ class SparkBackend(Backend):
     (TensorFlow's thread pools are limited to that).  The store must be reachable from every
     executor (an NFS path or HDFS), and ``cerebro`` importable there.
     """
+
+    #: A barrier stage runs all its tasks or none: a worker cannot be left out (see the module docstring).
+    can_retire_workers = False
 
     def __init__(self, spark_context: Any = None, num_workers: int | None = None, *, start_timeout: float = 600) -> None:
         sc = self._resolve_context(spark_context)

@@ -5,8 +5,9 @@ recorded, compared and replayed.  Events are named in the past tense (what happe
 commands in the imperative (what the engine must do next).
 
 Workers and partitions share one numbering: worker ``w`` owns training partition ``w`` and
-validation partition ``w`` for the whole experiment; a replacement for a lost worker joins
-under the same number.
+validation partition ``w``; a replacement for a lost worker joins under the same number.  A
+worker taken out of the pool (:class:`WorkerRetired`) hands its partitions to the workers
+left, so from then on a visit's ``worker`` and ``partition`` may differ.
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ class WorkerJoined:
 @dataclass(frozen=True)
 class WorkerLost:
     """Worker ``worker`` died; whatever it was running did not commit."""
+
+    worker: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerRetired:
+    """Worker ``worker`` (lost, not alive) is out of the pool for the rest of the run: it will
+    never join again.  Each partition it served moves to the non-retired worker serving the
+    fewest partitions (ties: an alive one, then the lower number), so every model still
+    visits every partition every epoch.  The last non-retired worker cannot be retired."""
 
     worker: int
     reason: str = ""
@@ -105,11 +117,29 @@ class SubEpochFailed:
     partition: int
     kind: Kind = "train"
     error: str = ""
+    #: False for an error a retry would raise again (an error of the model or its data, see
+    #: :func:`cerebro.frameworks.base.deterministic_error`): the model is abandoned at once.
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class ModelRolledBack:
+    """The visit running on ``worker`` failed because the model's input checkpoint is unusable,
+    and the model's committed state went back to the start of ``epoch`` (its epoch-boundary
+    checkpoint).  The visit ends without counting as a failed attempt and the model redoes
+    the whole epoch: every train visit again (in deterministic mode in the same fixed order),
+    then every eval visit.  Only ``status`` ``"running"`` models inside ``epoch`` roll back."""
+
+    model_id: str
+    worker: int
+    epoch: int
+    partition: int
+    kind: Kind = "train"
 
 
 Event = Union[
-    WorkerJoined, WorkerLost, ModelAdded, ModelRestored, ModelContinued, ModelStopped, SubEpochFinished,
-    SubEpochFailed,
+    WorkerJoined, WorkerLost, WorkerRetired, ModelAdded, ModelRestored, ModelContinued, ModelStopped,
+    SubEpochFinished, SubEpochFailed, ModelRolledBack,
 ]
 
 
@@ -118,7 +148,8 @@ Event = Union[
 
 @dataclass(frozen=True)
 class TrainSubEpoch:
-    """Train ``model_id`` for one pass over partition ``partition`` on ``worker``.
+    """Train ``model_id`` for one pass over partition ``partition`` on ``worker`` (the worker
+    serving that partition: itself, unless its owner was retired).
 
     ``attempt`` is 0 for the first try of this (model, epoch, partition) and counts retries.
     """

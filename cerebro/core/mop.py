@@ -1,8 +1,10 @@
 """The model hopper parallelism (MOP) scheduler: a pure state machine.
 
 Data is partitioned once: worker ``w`` owns training partition ``w`` and validation partition
-``w``.  A model's epoch is one *train* visit on every partition (each on the worker owning
-it), followed by one *eval* visit on every worker's validation partition.  Between two visits
+``w``.  A model's epoch is one *train* visit on every partition (each on the worker serving
+it), followed by one *eval* visit on every validation partition.  Each partition is served by
+exactly one worker: its owner, until that worker is retired (:class:`WorkerRetired`, a worker
+that keeps dying); its partitions then move to the workers left, which serve several.  Between two visits
 the model's checkpoint "hops" to another worker.  After the last eval visit the scheduler
 emits :class:`~cerebro.core.events.EndEpoch` and the model waits until the search driver
 answers with :class:`~cerebro.core.events.ModelContinued` or
@@ -18,7 +20,8 @@ Two modes:
 
 ``"dynamic"`` (work conserving)
     A model may take any partition it still needs in its current phase.  After every
-    ``handle`` no alive, free worker is left idle while some free model needs its partition.
+    ``handle`` no alive, free worker is left idle while some free model needs a partition it
+    serves.
     Free workers are matched greedily, fewest candidates first; each worker picks, in order of
     preference, (1) a model whose previous visit ran on this worker (its state is still in the
     worker's memory), (2) the model with the most visits left in its current epoch, (3) the
@@ -51,12 +54,14 @@ from cerebro.core.events import (
     ModelAdded,
     ModelContinued,
     ModelRestored,
+    ModelRolledBack,
     ModelStopped,
     SubEpochFailed,
     SubEpochFinished,
     TrainSubEpoch,
     WorkerJoined,
     WorkerLost,
+    WorkerRetired,
 )
 
 __all__ = ["MOPScheduler", "SchedulerError"]
@@ -134,8 +139,10 @@ class MOPScheduler:
 
     Contract:
 
-    * Workers and partitions are numbered ``0 .. num_partitions-1``; worker ``w`` only ever
-      runs visits on partition ``w``.  A worker is not alive until :class:`WorkerJoined`.
+    * Workers and partitions are numbered ``0 .. num_partitions-1``; partition ``q`` is served
+      by worker ``q`` until that worker is retired (:class:`WorkerRetired`), and a worker only
+      ever runs visits on the partitions it serves (:attr:`servers`).  A worker is not alive
+      until :class:`WorkerJoined`; a retired worker never joins again.
     * Every command returned by :meth:`handle` that is a :class:`TrainSubEpoch` or
       :class:`EvaluateSubEpoch` is *in flight* until the engine reports it with
       :class:`SubEpochFinished` / :class:`SubEpochFailed` (same model, worker, epoch,
@@ -145,6 +152,8 @@ class MOPScheduler:
     * A failed visit (``SubEpochFailed``, or ``WorkerLost`` while it ran) is retried up to
       ``max_retries`` times (the command's ``attempt`` counts the earlier failures); one more
       failure abandons the model (:class:`AbandonModel`, status ``"failed"``).
+      :class:`ModelRolledBack` ends the visit without counting a failure and restarts the
+      model's epoch from scratch.
     * Invalid events raise :class:`SchedulerError`.  Each event is checked before it changes
       anything, so a ``handle`` call with a single invalid event leaves the scheduler as it
       was; in a multi-event call the events before the invalid one have been applied but their
@@ -173,6 +182,9 @@ class MOPScheduler:
         self._live: set[str] = set()  # models neither ended nor failed
         self._alive = [False] * p
         self._free_workers: set[int] = set()  # alive and not running anything
+        self._server = list(range(p))  # partition -> the worker serving it
+        self._serves: list[list[int]] = [[w] for w in range(p)]  # worker -> its partitions, sorted
+        self._retired: set[int] = set()
         self._in_flight: dict[int, Visit] = {}
         # Candidate index, kept incrementally so that a decision never scans all models:
         #   _need[w]   free models that may run on worker w right now (in their current phase;
@@ -180,7 +192,9 @@ class MOPScheduler:
         #   _heap[w]   preference keys (2)-(4) of those models, a min-heap of plain ints
         #              (cheap to compare); lazily cleaned: an entry is live iff its model
         #              is in _need[w] and still has that key,
-        #   _affine[w] the subset of _need[w] whose previous visit ran on w (preference 1).
+        #   _affine[q] the subset of _need[q] whose previous visit ran on the worker serving q
+        #              (preference 1).
+        # Indexed by partition; worker w's candidates are those of the partitions it serves.
         self._need: list[set[str]] = [set() for _ in range(p)]
         self._heap: list[list[int]] = [[] for _ in range(p)]
         self._affine: list[set[str]] = [set() for _ in range(p)]
@@ -233,6 +247,16 @@ class MOPScheduler:
         return dict(sorted(self._in_flight.items()))
 
     @property
+    def servers(self) -> dict[int, int]:
+        """Partition -> the worker serving it (a copy)."""
+        return dict(enumerate(self._server))
+
+    @property
+    def retired(self) -> frozenset[int]:
+        """Workers taken out of the pool (:class:`WorkerRetired`)."""
+        return frozenset(self._retired)
+
+    @property
     def idle(self) -> bool:
         """Nothing in flight and every model ended or failed.
 
@@ -256,13 +280,21 @@ class MOPScheduler:
         expect_free = {w for w in range(p) if self._alive[w] and w not in self._in_flight}
         if self._free_workers != expect_free:
             fail(f"free workers {sorted(self._free_workers)} != alive and idle {sorted(expect_free)}")
+        for w in range(p):
+            if w in self._retired and (self._alive[w] or self._serves[w]):
+                fail(f"retired worker {w} is alive or serves partitions {self._serves[w]}")
+            if self._serves[w] != sorted(q for q in range(p) if self._server[q] == w):
+                fail(f"worker {w} serves {self._serves[w]} but the partition map says otherwise")
+        for q in range(p):
+            if self._server[q] in self._retired:
+                fail(f"partition {q} is served by retired worker {self._server[q]}")
 
         running_models: dict[str, int] = {}
         for w, cmd in self._in_flight.items():
             if not 0 <= w < p or not self._alive[w]:
                 fail(f"worker {w} runs {cmd} but is not alive")
-            if cmd.worker != w or cmd.partition != w:
-                fail(f"worker {w} runs {cmd} (worker and partition must both be {w})")
+            if cmd.worker != w or not 0 <= cmd.partition < p or self._server[cmd.partition] != w:
+                fail(f"worker {w} runs {cmd} on a partition it does not serve ({self._serves[w]})")
             if cmd.model_id in running_models:
                 fail(f"model {cmd.model_id!r} runs on workers {running_models[cmd.model_id]} and {w}")
             running_models[cmd.model_id] = w
@@ -275,10 +307,10 @@ class MOPScheduler:
             if m.phase != kind or cmd.epoch != m.epoch:
                 fail(f"{cmd} does not match model phase {m.phase} epoch {m.epoch}")
             remaining = m.remaining_train if kind == _TRAIN else m.remaining_eval
-            if w not in remaining:
+            if cmd.partition not in remaining:
                 fail(f"{cmd} runs a partition the model does not need")
-            if cmd.attempt != m.attempts.get((w, kind), 0):
-                fail(f"{cmd} attempt != recorded failures {m.attempts.get((w, kind), 0)}")
+            if cmd.attempt != m.attempts.get((cmd.partition, kind), 0):
+                fail(f"{cmd} attempt != recorded failures {m.attempts.get((cmd.partition, kind), 0)}")
 
         live = set()
         want_need: list[set[str]] = [set() for _ in range(p)]
@@ -321,9 +353,11 @@ class MOPScheduler:
             expect = self._allowed(m) if m.phase in (_TRAIN, _EVAL) and m.running is None else ()
             if set(m.free_parts) != set(expect):
                 fail(f"model {mid!r} indexed under {sorted(m.free_parts)}, expected {sorted(expect)}")
+            if m.last_worker is not None and not self._alive[m.last_worker]:
+                fail(f"model {mid!r} has affinity to worker {m.last_worker}, which is not alive")
             for q in expect:
                 want_need[q].add(mid)
-                if q == m.last_worker:
+                if m.last_worker is not None and self._server[q] == m.last_worker:
                     want_affine[q].add(mid)
         if live != self._live:
             fail(f"live models {sorted(self._live)} != {sorted(live)}")
@@ -331,7 +365,7 @@ class MOPScheduler:
             if self._need[q] != want_need[q]:
                 fail(f"candidates of partition {q}: {sorted(self._need[q])} != {sorted(want_need[q])}")
             if self._affine[q] != want_affine[q]:
-                fail(f"affine models of worker {q}: {sorted(self._affine[q])} != {sorted(want_affine[q])}")
+                fail(f"affine models of partition {q}: {sorted(self._affine[q])} != {sorted(want_affine[q])}")
             valid = set()
             for key in self._heap[q]:
                 m = self._by_index.get(key & _INDEX_MASK)
@@ -342,8 +376,9 @@ class MOPScheduler:
         # Work conservation (both modes, relative to what each mode allows): handle() always
         # ends with a maximal assignment, so no free worker can have a candidate.
         for w in self._free_workers:
-            if self._need[w]:
-                fail(f"worker {w} idle while models {sorted(self._need[w])} could run on it")
+            for q in self._serves[w]:
+                if self._need[q]:
+                    fail(f"worker {w} idle while models {sorted(self._need[q])} could run on its partition {q}")
 
     # ------------------------------------------------------------------ events
 
@@ -356,6 +391,10 @@ class MOPScheduler:
             return self._on_worker_joined(event)
         if isinstance(event, WorkerLost):
             return self._on_worker_lost(event)
+        if isinstance(event, WorkerRetired):
+            return self._on_worker_retired(event)
+        if isinstance(event, ModelRolledBack):
+            return self._on_rolled_back(event)
         if isinstance(event, ModelAdded):
             return self._on_model_added(event)
         if isinstance(event, ModelRestored):
@@ -370,6 +409,8 @@ class MOPScheduler:
         w = self._worker(ev.worker)
         if self._alive[w]:
             raise SchedulerError(f"worker {w} joined but is already alive")
+        if w in self._retired:
+            raise SchedulerError(f"worker {w} joined but it was retired")
         self._alive[w] = True
         self._free_workers.add(w)
         return []
@@ -383,15 +424,48 @@ class MOPScheduler:
         cmd = self._in_flight.pop(w, None)
         # The worker's memory is gone: no model's state is cached there any more.  Rare event,
         # so a scan of all models is fine.
+        for q in self._serves[w]:
+            self._affine[q].clear()  # its entries are exactly the models whose last worker is w
         for m in self._models.values():
             if m.last_worker == w:
-                self._affine[w].discard(m.model_id)
                 m.last_worker = None
         if cmd is None:
             return []
         m = self._models[cmd.model_id]
         m.running = None
         return self._fail(m, cmd.partition, _kind(cmd), ev.reason or f"worker {w} lost")
+
+    def _on_worker_retired(self, ev: WorkerRetired) -> list[Command]:
+        w = self._worker(ev.worker)
+        if w in self._retired:
+            raise SchedulerError(f"worker {w} retired twice")
+        if self._alive[w]:
+            raise SchedulerError(f"worker {w} retired while alive (report it lost first)")
+        left = [x for x in range(self.num_partitions) if x != w and x not in self._retired]
+        if not left:
+            raise SchedulerError(f"worker {w} is the last worker of the pool: it cannot be retired")
+        self._retired.add(w)
+        moved, self._serves[w] = self._serves[w], []
+        models = self._models
+        for q in moved:
+            # The fewest partitions first (spreads the load), then an alive worker, then the lower
+            # number: a pure function of the events, so a replay moves them the same way.
+            to = min(left, key=lambda x: (len(self._serves[x]), not self._alive[x], x))
+            self._server[q] = to
+            self._serves[to] = sorted(self._serves[to] + [q])
+            # (w was lost before, so no model has it as last worker: _affine[q] is empty.)
+            self._affine[q] = {mid for mid in self._need[q] if models[mid].last_worker == to}
+        return []
+
+    def _on_rolled_back(self, ev: ModelRolledBack) -> list[Command]:
+        cmd = self._running_visit(ev)
+        m = self._models[cmd.model_id]
+        self._end_visit(cmd)
+        m.last_worker = None  # whatever a worker holds of this model is not the state it restarts from
+        # The epoch starts over from its boundary: every train and eval visit again, with fresh
+        # retry counts; the same epoch number keeps the same deterministic order and seeds.
+        self._start_epoch(m, m.epoch)
+        return []
 
     def _on_model_added(self, ev: ModelAdded) -> list[Command]:
         m = self._register(ev.model_id, ev.index)
@@ -508,7 +582,7 @@ class MOPScheduler:
         # What the failed visit left in the worker's memory is not the committed state: the
         # retry reloads the checkpoint wherever it runs, so there is no affinity to keep.
         m.last_worker = None
-        return self._fail(m, cmd.partition, ev.kind, ev.error)
+        return self._fail(m, cmd.partition, ev.kind, ev.error, ev.retryable)
 
     # ------------------------------------------------------------------ transitions
 
@@ -532,10 +606,10 @@ class MOPScheduler:
         self._free_workers.add(w)  # it was in flight, so it is alive
         self._models[cmd.model_id].running = None
 
-    def _fail(self, m: _Model, partition: int, kind: Kind, error: str) -> list[Command]:
+    def _fail(self, m: _Model, partition: int, kind: Kind, error: str, retryable: bool = True) -> list[Command]:
         key = (partition, kind)
         m.attempts[key] = m.attempts.get(key, 0) + 1
-        if m.attempts[key] > self.max_retries:
+        if m.attempts[key] > self.max_retries or not retryable:
             m.phase = _FAILED
             self._live.discard(m.model_id)
             return [AbandonModel(m.model_id, m.epoch, partition, kind, error)]
@@ -554,36 +628,40 @@ class MOPScheduler:
         worker number.  The loop runs until no free worker has a candidate: that is the
         work-conservation guarantee.
         """
-        need, affine = self._need, self._affine
-        cands = [w for w in self._free_workers if need[w]]
+        need, affine, server, serves = self._need, self._affine, self._server, self._serves
+        # Candidates are partitions (whose serving worker is free); a worker serving several
+        # drops out with all of them once it is given a visit.
+        cands = [q for w in self._free_workers for q in serves[w] if need[q]]
         out: list[Command] = []
         while cands:
-            w = min(cands, key=lambda q: (len(need[q]), not affine[q], q))
-            m = self._pick(w)
+            q = min(cands, key=lambda r: (len(need[r]), not affine[r], r))
+            w = server[q]
+            m = self._pick(q)
             kind = m.phase
-            attempt = m.attempts.get((w, kind), 0)
+            attempt = m.attempts.get((q, kind), 0)
             cmd: Visit
             if kind == _TRAIN:
-                cmd = TrainSubEpoch(m.model_id, w, m.epoch, w, attempt)
+                cmd = TrainSubEpoch(m.model_id, w, m.epoch, q, attempt)
             else:
-                cmd = EvaluateSubEpoch(m.model_id, w, m.epoch, w, attempt)
+                cmd = EvaluateSubEpoch(m.model_id, w, m.epoch, q, attempt)
             self._unindex(m)
             m.running = w
             m.last_worker = w
             self._in_flight[w] = cmd
             self._free_workers.discard(w)
             out.append(cmd)
-            cands = [q for q in cands if q != w and need[q]]
+            cands = [r for r in cands if server[r] != w and need[r]]
         out.sort(key=lambda c: c.worker)
         return out
 
-    def _pick(self, w: int) -> _Model:
-        """The preferred candidate for worker ``w`` (``_need[w]`` must be non-empty)."""
-        affine = self._affine[w]
+    def _pick(self, q: int) -> _Model:
+        """The preferred candidate for partition ``q`` (``_need[q]`` must be non-empty)."""
+        affine = self._affine[q]
         if affine:
-            # (1) its state is still in w's memory.  Usually one model, so a scan is cheap.
+            # (1) its state is still in the serving worker's memory.  Usually one model, so a
+            # scan is cheap.
             return min((self._models[mid] for mid in affine), key=lambda m: m.key)
-        heap, need, by_index = self._heap[w], self._need[w], self._by_index
+        heap, need, by_index = self._heap[q], self._need[q], self._by_index
         while True:
             # Pop in both cases: a live top is about to be assigned, a stale one (model
             # assigned elsewhere, or re-indexed with another key) is garbage.
@@ -616,8 +694,10 @@ class MOPScheduler:
         for q in parts:
             need[q].add(mid)
             push(heap[q], key)
-        if m.last_worker is not None and m.last_worker in parts:
-            self._affine[m.last_worker].add(mid)
+        if m.last_worker is not None:
+            for q in self._serves[m.last_worker]:
+                if q in parts:
+                    self._affine[q].add(mid)
         self._pushes += len(parts)
         if self._pushes >= self._sweep_at:
             self._sweep()
@@ -646,7 +726,8 @@ class MOPScheduler:
         for q in m.free_parts:
             need[q].discard(mid)
         if m.last_worker is not None:
-            self._affine[m.last_worker].discard(mid)
+            for q in self._serves[m.last_worker]:
+                self._affine[q].discard(mid)
         m.free_parts = ()
 
     # ------------------------------------------------------------------ helpers
@@ -665,7 +746,7 @@ class MOPScheduler:
             raise SchedulerError(f"worker {worker!r} out of range 0..{self.num_partitions - 1}")
         return int(worker)
 
-    def _running_visit(self, ev: SubEpochFinished | SubEpochFailed) -> Visit:
+    def _running_visit(self, ev: SubEpochFinished | SubEpochFailed | ModelRolledBack) -> Visit:
         """The in-flight command ``ev`` reports on; SchedulerError unless it matches exactly."""
         w = self._worker(ev.worker)
         cmd = self._in_flight.get(w)

@@ -20,7 +20,8 @@ from ..errors import CerebroError
 
 __all__ = [
     "Suggestion", "ModelCreation", "CreationFailure", "Visit", "EpochResult", "DriverUpdate", "BestModel",
-    "ModelFailure", "RunMark", "Record", "record_from_dict", "VISIT_COLUMNS", "RUN_MARKS",
+    "ModelFailure", "Rollback", "WorkerRetirement", "RunMark", "Record", "record_from_dict", "VISIT_COLUMNS",
+    "RUN_MARKS",
 ]
 
 # The columns of ``visits`` / ``evaluations`` rows, in order.
@@ -161,6 +162,37 @@ class ModelFailure(_Base):
 
 
 @dataclass(frozen=True)
+class Rollback(_Base):
+    """A model's latest checkpoint ``from_checkpoint`` proved unusable (deleted or corrupted in the
+    store) and the model went back to ``to_checkpoint``, the state its current ``epoch`` started
+    from: that epoch's committed visits are undone (their ``visits`` rows become ``"failed"``)
+    and the epoch is trained and evaluated again."""
+
+    TYPE: ClassVar[str] = "rollback"
+    model_id: str
+    epoch: int
+    from_checkpoint: str
+    to_checkpoint: str
+    checksum: str | None
+    reason: str = ""
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerRetirement(_Base):
+    """Worker ``worker`` kept dying (``deaths`` times in a row without finishing a task) and was
+    taken out of the pool for the rest of this run; ``moved`` lists ``[partition, worker]``:
+    where each partition it served went.  Informational: a resumed run starts a full pool."""
+
+    TYPE: ClassVar[str] = "worker_retired"
+    worker: int
+    deaths: int
+    moved: list
+    reason: str = ""
+    time: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunMark(_Base):
     """A driver process started, resumed, finished or aborted the experiment."""
 
@@ -179,10 +211,11 @@ class RunMark(_Base):
 
 
 Record = Union[Suggestion, ModelCreation, CreationFailure, Visit, EpochResult, DriverUpdate, BestModel, ModelFailure,
-               RunMark]
+               Rollback, WorkerRetirement, RunMark]
 
 _BY_TYPE: dict[str, type] = {cls.TYPE: cls for cls in (Suggestion, ModelCreation, CreationFailure, Visit, EpochResult,
-                                                      DriverUpdate, BestModel, ModelFailure)}
+                                                      DriverUpdate, BestModel, ModelFailure, Rollback,
+                                                      WorkerRetirement)}
 
 
 def record_from_dict(data: Mapping[str, Any]) -> Record:

@@ -20,7 +20,8 @@ from .actions import Exploit, target_of
 from .events import ModelRestored
 from .metrics import is_better
 from .records import (
-    BestModel, CreationFailure, DriverUpdate, EpochResult, ModelCreation, ModelFailure, Record, RunMark, Suggestion, Visit,
+    BestModel, CreationFailure, DriverUpdate, EpochResult, ModelCreation, ModelFailure, Record, Rollback, RunMark,
+    Suggestion, Visit, WorkerRetirement,
 )
 
 __all__ = ["ModelState", "ExperimentState", "ExploitPlan", "weighted_means"]
@@ -47,6 +48,12 @@ class ModelState:
     sums: dict[tuple[int, str], dict[str, float]] = field(default_factory=dict)
     trained: list[int] = field(default_factory=list)     # partitions trained in the current epoch
     evaluated: list[int] = field(default_factory=list)   # partitions evaluated in the current epoch
+    # The state the current epoch started from (the initial state in epoch 1, else the epoch
+    # boundary): kept by retention, it is where a lost latest checkpoint rolls back to.
+    start_checkpoint: str = ""
+    start_checksum: str | None = None
+    rollbacks: int = 0                 # rollbacks in the current epoch
+    lost: list[str] = field(default_factory=list)        # checkpoints found unusable in the current epoch
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class ExperimentState:
     announcements: list[tuple] = field(default_factory=list)           # told to the driver since then
     exhausted: bool = False            # the driver will never propose again
     consecutive_failures: int = 0      # configurations failed since the last completed epoch
+    retirements: list[dict[str, Any]] = field(default_factory=list)   # workers taken out of the pool
     records: int = 0                   # records applied
 
     # ------------------------------------------------------------------ the reducer
@@ -113,7 +121,8 @@ class ExperimentState:
         elif isinstance(r, ModelCreation):
             self.unbuilt.pop(r.index, None)
             self.models[r.model_id] = ModelState(r.model_id, r.index, dict(r.params), r.spec, r.checkpoint,
-                                                 checksum=r.checksum, task_extra=dict(r.extra))
+                                                 checksum=r.checksum, task_extra=dict(r.extra),
+                                                 start_checkpoint=r.checkpoint, start_checksum=r.checksum)
             self.next_index = max(self.next_index, r.index + 1)
             self.announcements.append(("added", r.model_id, dict(r.params)))
         elif isinstance(r, CreationFailure):
@@ -135,6 +144,11 @@ class ExperimentState:
             m.status = "failed"
             self.failures[m.model_id] = r.error
             self.consecutive_failures += 1
+        elif isinstance(r, Rollback):
+            self._rollback(r)
+        elif isinstance(r, WorkerRetirement):
+            self.retirements.append({"worker": r.worker, "deaths": r.deaths, "moved": [list(x) for x in r.moved],
+                                     "reason": r.reason, "time": r.time})
         elif not isinstance(r, RunMark):
             raise CerebroError(f"cannot apply {r!r}: not a journal record")
 
@@ -160,6 +174,24 @@ class ExperimentState:
         elif m.error is None:
             m.error = r.error
 
+    def _rollback(self, r: Rollback) -> None:
+        m = self.models[r.model_id]
+        if m.status != "running" or r.epoch != m.epochs_done + 1:
+            raise CerebroError(f"journal record {r!r} rolls back epoch {r.epoch} of {m.model_id}, which is "
+                               f"{m.status} after {m.epochs_done} epochs")
+        # The epoch's committed visits are undone: their rows say so, their metrics go.
+        for rows in (self.visits, self.evaluations):
+            for row in rows:
+                if row["model_id"] == m.model_id and row["epoch"] == r.epoch and row["status"] == "ok":
+                    row["status"] = "failed"
+        m.sums.pop((r.epoch, "train"), None)
+        m.sums.pop((r.epoch, "eval"), None)
+        m.trained, m.evaluated = [], []
+        m.hops = 0
+        m.checkpoint, m.checksum = r.to_checkpoint, r.checksum
+        m.rollbacks += 1
+        m.lost.append(r.from_checkpoint)
+
     def _epoch(self, r: EpochResult) -> None:
         m = self.models[r.model_id]
         m.sums.pop((r.epoch, "train"), None)
@@ -169,6 +201,8 @@ class ExperimentState:
         m.trained, m.evaluated = [], []
         m.status = "paused"                # unless an action says otherwise
         m.epoch_checkpoint, m.epoch_checksum = r.checkpoint, r.checksum
+        m.start_checkpoint, m.start_checksum = r.checkpoint, r.checksum
+        m.rollbacks, m.lost = 0, []
         self.history.append({"model_id": m.model_id, "epoch": r.epoch, **r.metrics, "__params": dict(r.params)})
         self.consecutive_failures = 0
         self._saved_driver(r.state)
@@ -181,6 +215,7 @@ class ExperimentState:
                 target.params, target.spec_path = dict(a["params"]), a["spec"]
                 target.checkpoint, target.checksum = a["checkpoint"], a["checksum"]
                 target.epoch_checkpoint, target.epoch_checksum = a["checkpoint"], a["checksum"]
+                target.start_checkpoint, target.start_checksum = a["checkpoint"], a["checksum"]
                 target.spec_version = a["spec_version"]
             else:
                 target.status = a["status"]
@@ -207,9 +242,10 @@ class ExperimentState:
         return self.best is None or is_better(score, self.best["score"], self.mode)
 
     def kept_checkpoints(self) -> set[str]:
-        """The retention rule: every model's latest and epoch-boundary checkpoints, and the best's.
-        Every other checkpoint in the store may be deleted."""
+        """The retention rule: every model's latest and epoch-boundary checkpoints (in epoch 1 its
+        initial state), and the best's.  Every other checkpoint in the store may be deleted."""
         keep = {m.checkpoint for m in self.models.values()} | {m.epoch_checkpoint for m in self.models.values()}
+        keep |= {m.start_checkpoint for m in self.models.values()}
         if self.best is not None:
             keep.add(self.best["checkpoint"])
         keep.discard("")

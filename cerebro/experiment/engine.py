@@ -23,13 +23,13 @@ from typing import Any, Callable, Mapping, Protocol
 from ..backends.base import Backend, TaskDone, TaskFailed, WorkerDied, WorkerReady, WorkerSetup
 from ..core.actions import ActionError, Continue, Exploit, Stop, check_actions, normalise, target_of
 from ..core.events import (
-    AbandonModel, EndEpoch, EvaluateSubEpoch, ModelAdded, ModelContinued, ModelStopped, SubEpochFailed,
-    SubEpochFinished, TrainSubEpoch, WorkerJoined, WorkerLost,
+    AbandonModel, EndEpoch, EvaluateSubEpoch, ModelAdded, ModelContinued, ModelRolledBack, ModelStopped,
+    SubEpochFailed, SubEpochFinished, TrainSubEpoch, WorkerJoined, WorkerLost, WorkerRetired,
 )
 from ..core.mop import MOPScheduler
 from ..core.records import (
-    BestModel, CreationFailure, DriverUpdate, EpochResult, ModelCreation, ModelFailure, Record, Suggestion, Visit,
-    record_from_dict,
+    BestModel, CreationFailure, DriverUpdate, EpochResult, ModelCreation, ModelFailure, Record, Rollback, Suggestion,
+    Visit, WorkerRetirement, record_from_dict,
 )
 from ..core.seeds import sub_epoch_seed
 from ..core.state import ExperimentState, ExploitPlan, ModelState
@@ -40,8 +40,18 @@ from .tasks import Task, TaskResult
 log = logging.getLogger(__name__)
 
 #: ``TaskFailed.cause`` values that stop the run instead of failing the model (see
-#: :func:`cerebro.worker.failure_cause`), with the error each is raised as.
-_FATAL: dict[str, type[CerebroError]] = {"store_full": StoreFullError, "integrity": StoreIntegrityError}
+#: :func:`cerebro.worker.failure_cause`), with the error each is raised as and the name of the
+#: exception whose message (the traceback's last line naming it) becomes the error's.
+_FATAL: dict[str, tuple[type[CerebroError], str]] = {
+    "store_full": (StoreFullError, "StoreFullError"),
+    "integrity": (StoreIntegrityError, "StoreIntegrityError"),
+    "data": (CerebroError, "PreparedDataCorrupted"),
+}
+
+
+def _last_line(text: str) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
 
 __all__ = ["Engine", "EngineOutcome", "Workspace", "ModelInit", "ModelCreationFailed", "Listener"]
 
@@ -111,6 +121,14 @@ class Engine:
     leaves unreferenced is deleted right after the record that superseded it is journaled.
     ``after_commit(record, state)``, when given, is called after every record is applied (for
     tests and tools that watch the state evolve).
+
+    Failures (see docs/durability.md, "Failures"): a worker that dies is restarted, at once the
+    first time, then after ``restart_backoff`` seconds doubling up to ``restart_backoff_max``
+    (scheduled, never slept: the other workers keep training); one that dies more than
+    ``max_worker_restarts`` times in a row without finishing a task is retired and its
+    partitions served by the others (where the backend allows it), and only when no worker is
+    left does the run stop.  A task whose input checkpoint is unusable rolls the model back to
+    the state its epoch started from, at most ``max_rollbacks`` times per model and epoch.
     """
 
     def __init__(
@@ -130,6 +148,9 @@ class Engine:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 1.0,
         after_commit: Callable[[Record, ExperimentState], None] | None = None,
+        restart_backoff: float = 0.5,
+        restart_backoff_max: float = 8.0,
+        max_rollbacks: int = 2,
     ) -> None:
         self.backend = backend
         self.setup = setup
@@ -140,6 +161,9 @@ class Engine:
         self.listener = listener
         self.max_consecutive_failures = max_consecutive_failures
         self.max_worker_restarts = max_worker_restarts
+        self.restart_backoff = restart_backoff
+        self.restart_backoff_max = restart_backoff_max
+        self.max_rollbacks = max_rollbacks
         self.clock = clock
         self.poll_interval = poll_interval
         self.after_commit = after_commit
@@ -150,7 +174,11 @@ class Engine:
         self._next_task = 0
         self._alive: set[int] = set()
         self._starting: dict[int, float] = {}
-        self._deaths: dict[int, int] = {}
+        self._deaths: dict[int, int] = {}       # deaths in a row without a finished task
+        self._failed_starts: dict[int, int] = {}   # of those, deaths before the worker was ready
+        self._reasons: dict[int, str] = {}      # worker -> why it died last
+        self._restart_at: dict[int, float] = {}   # worker -> when its backed-off restart is due
+        self._retired: set[int] = set()
         self._where: dict[int, tuple[str, str]] = {}   # worker -> (host, device), from WorkerReady
         self._building: set[int] = set()   # indices a running _fill is building
         self._frameworks: set[str] = set()  # frameworks of the models this run created
@@ -160,7 +188,8 @@ class Engine:
     def run(self) -> EngineOutcome:
         """Start the workers, train until the driver and the scheduler are done, return the record.
 
-        Blocks.  Raises :class:`CerebroError` when workers cannot start or keep dying, or when
+        Blocks.  Raises :class:`CerebroError` when workers cannot start, when every worker keeps
+        dying (or, on a backend that cannot retire workers, any), or when
         ``max_consecutive_failures`` configurations failed in a row.
         """
         started = self.clock()
@@ -173,8 +202,9 @@ class Engine:
             now = self.clock()
             self._starting = {w: now for w in range(self.num_workers)}
             while not self._done():
-                for ev in self.backend.wait(self.poll_interval):
+                for ev in self.backend.wait(self._wait_timeout()):
                     self._on_backend_event(ev)
+                self._restart_due()
                 self._check_start_timeouts()
         finally:
             self.backend.release()
@@ -314,6 +344,11 @@ class Engine:
 
     def _on_backend_event(self, ev) -> None:
         if isinstance(ev, WorkerReady):
+            if ev.worker in self._retired:
+                log.debug("ignoring worker %d's ready message: it was retired", ev.worker)
+                return
+            self._restart_at.pop(ev.worker, None)   # (a Spark stage relaunched by another worker's restart)
+            self._failed_starts[ev.worker] = 0
             self._starting.pop(ev.worker, None)
             self._alive.add(ev.worker)
             self._where[ev.worker] = (ev.host, ev.device)
@@ -329,31 +364,139 @@ class Engine:
                 # Not the model's fault, and no retry helps (a full store, a file changed in it):
                 # stop the run with the worker's own message; nothing about this attempt is
                 # committed, so a resume redoes it.
-                lines = [ln for ln in ev.error.strip().splitlines() if ln.split(":", 1)[0].endswith(fatal.__name__)]
-                raise fatal(lines[-1].split(": ", 1)[-1] if lines else ev.error.strip().splitlines()[-1])
+                error, name = fatal
+                lines = [ln for ln in ev.error.strip().splitlines() if ln.split(":", 1)[0].endswith(name)]
+                raise error(lines[-1].split(": ", 1)[-1] if lines else _last_line(ev.error))
+            if ev.cause == "checkpoint":
+                self._on_checkpoint_lost(ev)
+                return
             task, cmd, start = self._tasks.pop(ev.task_id)
             self._record_attempt(task, cmd, start, "failed", None, ev.error)
-            self._handle(SubEpochFailed(cmd.model_id, cmd.worker, cmd.epoch, cmd.partition, task.kind, ev.error))
+            # An error of the model or its data fails the same way again: no retries for it.
+            self._handle(SubEpochFailed(cmd.model_id, cmd.worker, cmd.epoch, cmd.partition, task.kind, ev.error,
+                                        retryable=ev.cause != "deterministic"))
         elif isinstance(ev, WorkerDied):
             self._on_worker_died(ev)
 
     def _on_worker_died(self, ev: WorkerDied) -> None:
         w = ev.worker
-        self._deaths[w] = self._deaths.get(w, 0) + 1
+        if w in self._retired:
+            return
+        deaths = self._deaths[w] = self._deaths.get(w, 0) + 1
+        if w not in self._alive:
+            self._failed_starts[w] = self._failed_starts.get(w, 0) + 1
+        self._reasons[w] = ev.reason
+        self._starting.pop(w, None)
+        self._restart_at.pop(w, None)
         for tid in [tid for tid, (_, cmd, _) in self._tasks.items() if cmd.worker == w]:
             task, cmd, start = self._tasks.pop(tid)
             self._record_attempt(task, cmd, start, "failed", None, f"worker {w} died: {ev.reason}")
-        log.warning("worker %d died (%s); restarting it", w, ev.reason.strip().splitlines()[-1] if ev.reason.strip() else "no reason given")
+        retire = deaths > self.max_worker_restarts
+        delay = 0.0 if retire else self._backoff(deaths)
+        log.warning("worker %d died (%s); %s", w, _last_line(ev.reason) or "no reason given",
+                    "taking it out of the pool" if retire else f"restarting it in {delay:g} s" if delay else "restarting it")
         self._emit("worker_died", worker=w, reason=ev.reason)
         if w in self._alive:
             self._alive.discard(w)
             self._handle(WorkerLost(w, ev.reason))
-        if self._deaths[w] > self.max_worker_restarts:
-            raise CerebroError(
-                f"worker {w} died {self._deaths[w]} times in a row without finishing a task; giving up. Last reason:\n{ev.reason}"
-            )
+        if retire:
+            self._retire(w)
+        elif delay > 0:
+            # Scheduled, not slept: the loop goes on serving the other workers meanwhile.
+            self._restart_at[w] = self.clock() + delay
+        else:
+            self._restart(w)
+
+    def _backoff(self, deaths: int) -> float:
+        """Seconds before restarting a worker after its ``deaths``-th death in a row: none after
+        the first (a one-off crash), then ``restart_backoff`` doubling, at most ``restart_backoff_max``."""
+        if deaths <= 1 or self.restart_backoff <= 0:
+            return 0.0
+        return min(self.restart_backoff_max, self.restart_backoff * 2.0 ** (deaths - 2))
+
+    def _restart(self, w: int) -> None:
         self.backend.restart(w)
         self._starting[w] = self.clock()
+
+    def _restart_due(self) -> None:
+        if not self._restart_at:
+            return
+        now = self.clock()
+        for w in sorted(w for w, at in self._restart_at.items() if at <= now):
+            del self._restart_at[w]
+            self._restart(w)
+
+    def _wait_timeout(self) -> float:
+        """How long the backend may block: until the next backed-off restart is due, at most
+        ``poll_interval``."""
+        if not self._restart_at:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, min(self._restart_at.values()) - self.clock()))
+
+    def _retire(self, w: int) -> None:
+        """Take worker ``w``, which keeps dying, out of the pool: the scheduler moves its partitions
+        to the workers left, so every model still sees every partition each epoch."""
+        deaths, reason = self._deaths[w], self._reasons.get(w, "")
+        what = (f"{deaths} failed starts" if self._failed_starts.get(w, 0) >= deaths
+                else f"dying {deaths} times in a row without finishing a task")
+        if not self.backend.can_retire_workers:
+            raise CerebroError(
+                f"worker {w} died {deaths} times in a row without finishing a task; giving up "
+                f"({type(self.backend).__name__} cannot take a worker out of its pool). Last reason:\n{reason}"
+            )
+        left = [x for x in range(self.num_workers) if x != w and x not in self._retired]
+        if not left:
+            summary = "; ".join(
+                f"worker {x}: {'retired, ' if x in self._retired else ''}{self._deaths.get(x, 0)} deaths in a row, "
+                f"last: {_last_line(self._reasons.get(x, '')) or 'no reason given'}" for x in range(self.num_workers))
+            raise CerebroError(
+                f"no worker is left to train on: every worker died {self.max_worker_restarts + 1} times in a row without "
+                f"finishing a task ({summary}); giving up. Last reason of worker {w}:\n{reason}"
+            )
+        before = self.scheduler.servers
+        commands = self.scheduler.handle(WorkerRetired(w, reason))
+        after = self.scheduler.servers
+        moved = [[q, after[q]] for q in sorted(before) if before[q] == w]
+        self._retired.add(w)
+        self._commit(WorkerRetirement(w, deaths, moved, reason, time=self.clock()))
+        served = ", ".join(f"partition {q} is served by worker {to}" for q, to in moved)
+        log.warning("experiment degraded: worker %d retired after %s; %s (the run goes on with %d of %d workers; "
+                    "last reason: %s)", w, what, served, len(left), self.num_workers,
+                    _last_line(reason) or "no reason given")
+        self._emit("worker_retired", worker=w, deaths=deaths, reason=reason, moved=moved)
+        self._process(commands)
+
+    def _on_checkpoint_lost(self, ev: TaskFailed) -> None:
+        """A task's input checkpoint is missing or corrupted: roll the model back to the state its
+        epoch started from (journaled); when that state is the one lost (or the model rolled back
+        ``max_rollbacks`` times this epoch) it is an ordinary failure, saying what was lost: the
+        visit is retried (a read may fail for a passing reason) and the model abandoned after
+        its retries."""
+        task, cmd, start = self._tasks.pop(ev.task_id)
+        self._record_attempt(task, cmd, start, "failed", None, ev.error)
+        model = self.state.models[cmd.model_id]
+        lost, target, reason = task.checkpoint, model.start_checkpoint, _last_line(ev.error)
+        if target and lost != target and model.rollbacks < self.max_rollbacks:
+            self._commit(Rollback(model.model_id, cmd.epoch, lost, target, model.start_checksum, reason,
+                                  time=self.clock()))
+            self._discard(lost)
+            log.warning("%s: its latest checkpoint is unusable (%s); rolling back to the state epoch %d started from "
+                        "(%s) and training that epoch again", model.model_id, reason, cmd.epoch, target)
+            self._emit("rollback", model_id=model.model_id, epoch=cmd.epoch, from_checkpoint=lost,
+                       to_checkpoint=target, reason=reason)
+            self._handle(ModelRolledBack(cmd.model_id, cmd.worker, cmd.epoch, cmd.partition, task.kind))
+            return
+        if lost == target:
+            earlier = model.lost[-1] if model.lost else None
+            what = (f"both its latest checkpoint {earlier} and {lost}, the state epoch {cmd.epoch} started from, are lost"
+                    if earlier else f"checkpoint {lost}, the state epoch {cmd.epoch} started from, is lost")
+            error = (f"{model.model_id}: {what} (missing or corrupted in the store) and retention keeps no older "
+                     f"state of this epoch to fall back on.\n{ev.error}")
+        else:
+            error = (f"{model.model_id}: its checkpoints were lost {model.rollbacks + 1} times in epoch {cmd.epoch} "
+                     f"({', '.join(model.lost + [lost])}); giving up after {model.rollbacks} rollbacks "
+                     f"(max_rollbacks={self.max_rollbacks}).\n{ev.error}")
+        self._handle(SubEpochFailed(cmd.model_id, cmd.worker, cmd.epoch, cmd.partition, task.kind, error))
 
     def _check_start_timeouts(self) -> None:
         now = self.clock()
@@ -408,7 +551,11 @@ class Engine:
     # ------------------------------------------------------------------ scheduler side
 
     def _handle(self, *events) -> None:
-        pending = deque(self.scheduler.handle(*events))
+        self._process(self.scheduler.handle(*events))
+
+    def _process(self, commands: list) -> None:
+        """Carry out the scheduler's commands (and those that follow from them)."""
+        pending = deque(commands)
         while pending:
             cmd = pending.popleft()
             if isinstance(cmd, (TrainSubEpoch, EvaluateSubEpoch)):
@@ -436,7 +583,10 @@ class Engine:
             model.checksum, cmd.epoch, cmd.partition, features=tuple(features) if features else None,
         )
         if isinstance(cmd, TrainSubEpoch):
-            task = replace(task, out=self.workspace.checkpoint_path(cmd.model_id, cmd.epoch, model.hops + 1, cmd.attempt),
+            # After a rollback the epoch's hops are trained again: later attempt numbers keep every
+            # checkpoint name written once (a worker's cache knows a state by its name).
+            attempt = cmd.attempt + model.rollbacks * (self.scheduler.max_retries + 1)
+            task = replace(task, out=self.workspace.checkpoint_path(cmd.model_id, cmd.epoch, model.hops + 1, attempt),
                            seed=sub_epoch_seed(self.seed, model.index, cmd.epoch, cmd.partition),
                            epoch_end=model.hops + 1 == self.num_workers)
         task_id = self._next_task
@@ -460,13 +610,13 @@ class Engine:
         if cmd.final:
             prefix = [{"model_id": model.model_id, "action": "stop", "status": "stopped", "reason": "stop requested"}]
             actions = [a for a in actions if target_of(a) != model.model_id]
-        previous_boundary = model.epoch_checkpoint
+        previous_boundary, previous_start = model.epoch_checkpoint, model.start_checkpoint
         applied, events, discard = self._describe(actions, model.model_id, cmd.epoch)
         # One record holds the epoch, every action taken on it and the driver's new state: a
         # crash before it is written makes resume evaluate and decide this epoch again.
         self._commit(EpochResult(model.model_id, cmd.epoch, metrics, dict(model.params), cmd.final, prefix + applied,
                                  model.checkpoint, model.checksum, self.driver.get_state(), time=self.clock()))
-        self._discard(previous_boundary, *discard)
+        self._discard(previous_boundary, previous_start, *discard)
         self._emit("epoch", model_id=model.model_id, epoch=cmd.epoch, metrics=metrics)
         return events
 
@@ -486,7 +636,7 @@ class Engine:
                 plan = self.state.exploit_plan(a, reporting, epoch)
                 init = self.workspace.exploit(plan, dict(a.params))
                 old = self.state.models[target]
-                discard.append(old.checkpoint)
+                discard.extend((old.checkpoint, old.start_checkpoint))
                 self._emit("exploit", model_id=target, source=a.source, params=dict(a.params))
                 applied.append({"model_id": target, "action": "exploit", "status": statuses[target], "source": a.source,
                                 "source_checkpoint": plan.source_checkpoint, "epoch": plan.next_epoch - 1,
