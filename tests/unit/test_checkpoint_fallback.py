@@ -12,6 +12,7 @@ import hashlib
 import json
 
 import pytest
+from visit_counts import ok_once
 
 from cerebro.backends.base import WorkerSetup
 from cerebro.backends.inline import InlineBackend
@@ -235,15 +236,6 @@ def run(num_workers=3, fault=None, records=None, store=None, epochs=2, keep_all=
     finals = {m: store.files.get(r.checkpoint) for m, r in outcome.models.items()}
     history = sorted((h["model_id"], h["epoch"], h["train_loss"], h["val_loss"]) for h in outcome.history)
     return outcome, finals, history, journal, events, store
-
-
-def ok_once(visits):
-    seen: dict = {}
-    for v in visits:
-        if v["status"] == "ok":
-            key = (v["model_id"], v["epoch"], v["partition"])
-            seen[key] = seen.get(key, 0) + 1
-    return seen
 
 
 def lose(model, epoch, hops, how="delete", kind="train", times=1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from visit_counts import ok_once
 
 from cerebro.backends.base import WorkerSetup
 from cerebro.backends.inline import InlineBackend
@@ -88,15 +89,6 @@ def run_engine(num_workers=3, driver=None, faults=None, mode="deterministic", cr
     outcome = engine.run()
     finals = {m: store.files[r.checkpoint] for m, r in outcome.models.items() if r.checkpoint}
     return outcome, finals, deleted, backend
-
-
-def ok_once(visits):
-    seen = {}
-    for v in visits:
-        if v["status"] == "ok":
-            key = (v["model_id"], v["epoch"], v["partition"])
-            seen[key] = seen.get(key, 0) + 1
-    return seen
 
 
 def test_grid_runs_every_model_every_partition_every_epoch_once():

@@ -13,6 +13,7 @@ import random
 import time
 
 import pytest
+from visit_counts import ok_once
 
 from cerebro.backends.base import WorkerSetup
 from cerebro.backends.inline import InlineBackend
@@ -268,15 +269,6 @@ def run(num_workers=3, broken=frozenset(), faults=None, backend_cls=InlineBacken
     outcome = engine.run()
     finals = {m: store.files[r.checkpoint] for m, r in outcome.models.items()}
     return outcome, finals, journal, events, backend, store
-
-
-def ok_once(visits):
-    seen: dict = {}
-    for v in visits:
-        if v["status"] == "ok":
-            key = (v["model_id"], v["epoch"], v["partition"])
-            seen[key] = seen.get(key, 0) + 1
-    return seen
 
 
 def test_a_worker_that_dies_at_every_start_is_retired_and_the_models_are_those_of_a_full_pool(caplog):
