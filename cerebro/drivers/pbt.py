@@ -1,11 +1,25 @@
-"""Population based training (Jaderberg et al. 2017), asynchronous as in Ray Tune's PBT.
+"""Population based training (Jaderberg et al. 2017), synchronous as in the paper and Ray Tune's
+``synch=True``.
 
-The whole population is proposed at once; every model trains ``num_epochs``.  When a model
-ends an epoch that is a multiple of ``perturbation_interval`` (before the last), it is ranked
-by its latest score against the latest scores of the population (every model that reported,
-failed ones excepted).  In the bottom ``quantile_fraction`` it *exploits*: it takes a copy of
-the state of a model drawn uniformly from the top ``quantile_fraction`` and *explores*
-around that model's hyperparameters; otherwise it continues unchanged.
+The whole population is proposed at once; every model trains ``num_epochs``.  Every
+``perturbation_interval`` epochs (epoch ``e`` with ``e % perturbation_interval == 0`` and
+``e < num_epochs``) the population meets at a *barrier*: a member that reports epoch ``e`` is
+paused (holding no worker) until every live member has reported epoch ``e``.  Then, and only
+then, the members waiting at ``e`` are ranked by their epoch-``e`` scores (like with like: under
+MOP members finish an epoch in waves, and ranking an early reporter against the others' older
+scores would let a weak member escape).  Each member in the bottom ``quantile_fraction``
+*exploits*: it takes a copy of the state of a member drawn uniformly from the top
+``quantile_fraction`` and *explores* around that member's hyperparameters; every waiting member
+then continues.  The quantiles take ceil(n * fraction) members each, at most floor(n / 2), never
+overlapping; a missing or non-finite score ranks worst, ties go to the earlier-added member.
+So the decisions at a barrier do not depend on the order in which members reported, and the
+worst member at an interval epoch is always exploited (with n >= 2 members at the barrier).
+
+Live members are those that have neither failed nor been ended by someone else.  A member that
+fails leaves the population: it is no longer waited for, never ranked and never a source; a
+failure that completes a barrier releases it (``on_model_failed`` returns the actions for the
+paused members).  A member ended by an early-stopping wrapper (``on_model_stopped``) leaves it
+the same way, even if it had already reported the barrier epoch: it is not ranked there.
 
 Explore: with ``mutations=None`` every continuous dimension of the search space is multiplied
 by 0.8 or 1.2 (a fair coin), clipped to its bounds (re-quantised for q-dimensions, an int for an integral one,
@@ -13,21 +27,21 @@ an integer for hp_randint), and every hp_choice is resampled with probability 0.
 dict maps a parameter name to an hp_* dimension (resampled), a list of values (one drawn
 uniformly) or a callable ``(value, rng) -> new value``; only those parameters change.
 
-Pure: all randomness comes from ``self.rng``; the state (with the lineage of every exploit)
-is JSON-able.
+Pure: all randomness comes from ``self.rng``; the state (with the lineage of every exploit and
+the members waiting at the barrier) is JSON-able.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from .._checks import check_int, check_number, check_type, is_number
 from ..space import Choice, Dimension, LogUniform, QLogUniform, QUniform, RandInt, Uniform, sample
 from ._rungs import badness, score
-from .base import Action, Continue, Exploit, SearchDriver, Stop
+from .base import Action, Continue, Exploit, Pause, SearchDriver, Stop
 
 RESAMPLE_PROBABILITY = 0.25
 PERTURB_FACTORS = (0.8, 1.2)
@@ -75,7 +89,12 @@ def _copy_exploit(e: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class PBTDriver(SearchDriver):
-    """Population based training; ``exploits()`` gives the lineage."""
+    """Synchronous population based training; ``exploits()`` gives the lineage.
+
+    Member statuses: "training" (live, including those paused at the barrier), "failed",
+    "done" (finished its epochs) and "stopped" (ended by someone else, e.g. an early-stopping
+    wrapper).  ``_waiting`` lists the members paused at the barrier of epoch ``_barrier``.
+    """
 
     def __init__(self, population_size: int, num_epochs: int, perturbation_interval: int = 1,
                  quantile_fraction: float = 0.25, mutations: Mapping[str, Any] | None = None) -> None:
@@ -103,6 +122,8 @@ class PBTDriver(SearchDriver):
         self._pending = 0
         self._models: dict[str, dict[str, Any]] = {}  # id -> {"params", "status", "score", "epoch"}
         self._exploits: list[dict[str, Any]] = []
+        self._waiting: list[str] = []        # members paused at the barrier, in the order they reported
+        self._barrier: int | None = None     # the epoch they wait at (None: no barrier open)
 
     def bind(self, space, rng, num_workers, metric="val_loss", mode="min") -> None:
         super().bind(space, rng, num_workers, metric, mode)
@@ -123,6 +144,11 @@ class PBTDriver(SearchDriver):
         """The current hyperparameters of ``model_id`` (after any exploit)."""
         return dict(self._models[model_id]["params"])
 
+    def waiting(self) -> tuple[int | None, list[str]]:
+        """(epoch, members): the barrier now open and the members paused at it, in the order
+        they reported; (None, []) when no barrier is open."""
+        return self._barrier, list(self._waiting)
+
     def explore(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """New hyperparameters around ``params`` (draws from ``self.rng``)."""
         new = dict(params)
@@ -138,18 +164,65 @@ class PBTDriver(SearchDriver):
                     new[name] = _json_value(spec(new.get(name), self.rng))
         return new
 
-    def quantiles(self) -> tuple[list[str], list[str]]:
-        """(bottom, top): the models in the bottom and top ``quantile_fraction`` by latest score.
+    def quantiles(self, model_ids: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+        """(bottom, top): the members in the bottom and top ``quantile_fraction`` of
+        ``model_ids`` (default: the members waiting at the open barrier) by their scores.
 
-        Both are empty with fewer than 2 scored models; they never overlap (Ray Tune's rule:
-        ceil(n * fraction) models each, at most floor(n / 2))."""
-        scored = [mid for mid, m in self._models.items() if m["epoch"] > 0 and m["status"] != "failed"]
-        if len(scored) < 2:
-            return [], []
+        Both are empty with fewer than 2 members; they never overlap (Ray Tune's rule:
+        ceil(n * fraction) members each, at most floor(n / 2)).  A missing score ranks worst;
+        ties go to the earlier-added member, so the order of ``model_ids`` does not matter."""
+        ids = set(self._waiting if model_ids is None else model_ids)
         position = {mid: i for i, mid in enumerate(self._models)}
-        ranked = sorted(scored, key=lambda mid: (badness(self._models[mid]["score"], self.mode), position[mid]))
+        members = [mid for mid in self._models if mid in ids]
+        if len(members) < 2:
+            return [], []
+        ranked = sorted(members, key=lambda mid: (badness(self._models[mid]["score"], self.mode), position[mid]))
         k = min(int(math.ceil(len(ranked) * self.quantile_fraction)), len(ranked) // 2)
         return ranked[len(ranked) - k:], ranked[:k]
+
+    # ------------------------------------------------------------------ barrier
+
+    def _leave(self, model_id: str, status: str) -> None:
+        """``model_id`` ends (failed, finished, or stopped by someone else): it leaves the barrier."""
+        self._models[model_id]["status"] = status
+        if model_id in self._waiting:
+            self._waiting.remove(model_id)
+        if not self._waiting:
+            self._barrier = None
+
+    def _release(self) -> list[Action]:
+        """The actions for every member waiting at the barrier once no live member is missing
+        from it (else []): rank them by their scores at the barrier epoch; the bottom exploit."""
+        if not self._waiting or self._pending:
+            return []
+        waiting = set(self._waiting)
+        if any(m["status"] == "training" and mid not in waiting for mid, m in self._models.items()):
+            return []
+        epoch = self._barrier
+        members = [mid for mid in self._models if mid in waiting]   # population order
+        bottom, top = self.quantiles(members)
+        exploited: dict[str, Exploit] = {}
+        if top:
+            for target in (mid for mid in members if mid in bottom):   # population order, as the actions
+                source = top[int(self.rng.integers(len(top)))]
+                model, src = self._models[target], self._models[source]
+                old = dict(model["params"])
+                new = self.explore(src["params"])
+                self._exploits.append({
+                    "epoch": epoch, "target": target, "source": source,
+                    "target_score": model["score"], "source_score": src["score"], "source_epoch": src["epoch"],
+                    "old_params": old, "new_params": dict(new),
+                })
+                model["params"] = dict(new)
+                model["score"] = src["score"]  # it now holds the source's state
+                exploited[target] = Exploit(target=target, source=source, params=dict(new))
+        self._waiting, self._barrier = [], None
+        actions: list[Action] = []
+        for mid in members:
+            if mid in exploited:
+                actions.append(exploited[mid])
+            actions.append(Continue(model_id=mid))
+        return actions
 
     # ------------------------------------------------------------------ driver
 
@@ -167,45 +240,43 @@ class PBTDriver(SearchDriver):
                                   "status": "training", "score": None, "epoch": 0}
 
     def on_model_failed(self, model_id: str | None, params: Mapping[str, Any], error: str) -> list[Action]:
-        """A failed model is left out of the quantiles from now on (never a source)."""
+        """A failed member leaves the population (never ranked, never a source, no longer
+        waited for); when that completes the barrier, the actions for the paused members."""
         if model_id is None:
             self._pending = max(self._pending - 1, 0)
         elif model_id in self._models:
-            self._models[model_id]["status"] = "failed"
-        return []
+            self._leave(model_id, "failed")
+        return self._release()
 
     def on_model_stopped(self, model_id: str, epoch: int, metrics: Mapping[str, float], reason: str) -> list[Action]:
-        """Someone else (an early-stopping wrapper) ended ``model_id``: it stays a possible source."""
+        """Someone else (an early-stopping wrapper) ended ``model_id``: it leaves the barrier
+        (not ranked there, even if it already reported); when that completes the barrier, the
+        actions for the paused members."""
         if model_id in self._models and self._models[model_id]["status"] == "training":
-            self._models[model_id]["status"] = "done"
-        return []
+            self._leave(model_id, "stopped")
+        return self._release()
 
     def on_epoch_end(self, model_id: str, epoch: int, metrics: Mapping[str, float]) -> Action | list[Action]:
         model = self._models.get(model_id)
         if model is None:
             raise ValueError(f"PBTDriver was told about the epoch of unknown model {model_id!r}")
+        epoch = int(epoch)
         model["score"] = score(metrics, self.metric)
-        model["epoch"] = int(epoch)
+        model["epoch"] = epoch
         if epoch >= self.num_epochs:
-            model["status"] = "done"
-            return Stop("finished")
+            self._leave(model_id, "done")
+            released = self._release()   # [] (a barrier epoch is always before the last)
+            return [Stop("finished", model_id=model_id), *released] if released else Stop("finished")
         if epoch % self.perturbation_interval != 0:
             return Continue()
-        bottom, top = self.quantiles()
-        if model_id not in bottom or not top:
-            return Continue()
-        source = top[int(self.rng.integers(len(top)))]
-        src = self._models[source]
-        old = dict(model["params"])
-        new = self.explore(src["params"])
-        self._exploits.append({
-            "epoch": int(epoch), "target": model_id, "source": source,
-            "target_score": model["score"], "source_score": src["score"], "source_epoch": src["epoch"],
-            "old_params": old, "new_params": dict(new),
-        })
-        model["params"] = dict(new)
-        model["score"] = src["score"]  # it now holds the source's state
-        return [Exploit(target=model_id, source=source, params=dict(new)), Continue(model_id=model_id)]
+        if self._barrier is not None and self._barrier != epoch:
+            raise ValueError(f"PBTDriver: {model_id} reported epoch {epoch} while the population waits at the barrier "
+                             f"of epoch {self._barrier} ({self._waiting}); every member must reach a barrier before "
+                             "any member passes it")
+        self._barrier = epoch
+        if model_id not in self._waiting:
+            self._waiting.append(model_id)
+        return self._release() or Pause()
 
     def total_sub_epochs(self, num_partitions: int) -> int | None:
         return self.population_size * self.num_epochs * num_partitions
@@ -218,12 +289,20 @@ class PBTDriver(SearchDriver):
             "suggested": self._suggested,
             "pending": self._pending,
             "models": {mid: _copy_model(m) for mid, m in self._models.items()},
+            "order": list(self._models),   # insertion order (ties), whatever the key order of a journal
             "exploits": [_copy_exploit(e) for e in self._exploits],
+            "waiting": list(self._waiting),
+            "barrier": self._barrier,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         self._suggested = bool(state["suggested"])
         self._pending = int(state["pending"])
-        self._models = {str(mid): _copy_model(m) for mid, m in state["models"].items()}
+        models = state["models"]
+        order = [str(mid) for mid in state.get("order", models)]
+        self._models = {mid: _copy_model(models[mid]) for mid in order}
         self._exploits = [_copy_exploit(e) for e in state["exploits"]]
+        self._waiting = [str(mid) for mid in state.get("waiting", [])]
+        barrier = state.get("barrier")
+        self._barrier = None if barrier is None else int(barrier)
