@@ -25,7 +25,10 @@ def _default_runtime(setup: WorkerSetup, worker: int):
 
 
 class InlineBackend(Backend):
-    """``faults(worker, task) -> None | "die" | "fail"`` is asked before every task runs."""
+    """``faults(worker, task) -> None | "die" | "fail"`` is asked before every task runs.
+
+    ``pick(n) -> i`` chooses which of the ``n`` submitted tasks runs next (default: the oldest),
+    so tests can make tasks complete in any order, as real workers of different speeds do."""
 
     def __init__(
         self,
@@ -34,11 +37,13 @@ class InlineBackend(Backend):
         runtime_factory: Callable[[WorkerSetup, int], Any] = _default_runtime,
         faults: Callable[[int, Task], str | None] | None = None,
         start_timeout: float = 120,
+        pick: Callable[[int], int] | None = None,
     ) -> None:
         self.num_workers = check_num_workers("InlineBackend", num_workers)
         self.start_timeout = start_timeout
         self.runtime_factory = runtime_factory
         self.faults = faults
+        self.pick = pick
         self._runtimes: dict[int, Any] = {}
         self._queue: deque[tuple[int, int, Task]] = deque()
         self._pending: list[BackendEvent] = []
@@ -77,7 +82,9 @@ class InlineBackend(Backend):
             if timeout:
                 time.sleep(timeout)   # nothing to run: block like a real backend until the timeout
             return []
-        worker, task_id, task = self._queue.popleft()
+        i = self.pick(len(self._queue)) if self.pick is not None else 0
+        worker, task_id, task = self._queue[i]
+        del self._queue[i]
         fault = self.faults(worker, task) if self.faults else None
         if fault == "die":
             self._runtimes.pop(worker, None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import CerebroError
+from . import statediff
 from .actions import Exploit, target_of
 from .events import ModelRestored
 from .metrics import is_better
@@ -54,6 +55,9 @@ class ModelState:
     start_checksum: str | None = None
     rollbacks: int = 0                 # rollbacks in the current epoch
     lost: list[str] = field(default_factory=list)        # checkpoints found unusable in the current epoch
+    # The logical tick of the report the driver awaits from this model (the end of its current
+    # epoch, or its abandonment); None when none is awaited (see cerebro.core.order).
+    tick: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ class ExperimentState:
     exhausted: bool = False            # the driver will never propose again
     consecutive_failures: int = 0      # configurations failed since the last completed epoch
     retirements: list[dict[str, Any]] = field(default_factory=list)   # workers taken out of the pool
+    clock: tuple[int, int] = (0, -1)   # the (tick, model index) of the last report the driver heard
     records: int = 0                   # records applied
+    driver_payloads: int = 0           # records that carried the driver's state
 
     # ------------------------------------------------------------------ the reducer
 
@@ -122,7 +128,8 @@ class ExperimentState:
             self.unbuilt.pop(r.index, None)
             self.models[r.model_id] = ModelState(r.model_id, r.index, dict(r.params), r.spec, r.checkpoint,
                                                  checksum=r.checksum, task_extra=dict(r.extra),
-                                                 start_checkpoint=r.checkpoint, start_checksum=r.checksum)
+                                                 start_checkpoint=r.checkpoint, start_checksum=r.checksum,
+                                                 tick=self.clock[0] + 1)
             self.next_index = max(self.next_index, r.index + 1)
             self.announcements.append(("added", r.model_id, dict(r.params)))
         elif isinstance(r, CreationFailure):
@@ -141,8 +148,10 @@ class ExperimentState:
                          "checksum": r.checksum}
         elif isinstance(r, ModelFailure):
             m = self.models[r.model_id]
+            self._reported(m)
             m.status = "failed"
             self.failures[m.model_id] = r.error
+            self.announcements.append(("failed", m.model_id, dict(m.params), r.error))
             self.consecutive_failures += 1
         elif isinstance(r, Rollback):
             self._rollback(r)
@@ -152,8 +161,16 @@ class ExperimentState:
         elif not isinstance(r, RunMark):
             raise CerebroError(f"cannot apply {r!r}: not a journal record")
 
-    def _saved_driver(self, state: dict) -> None:
-        self.driver_state = state
+    def _reported(self, m: ModelState) -> None:
+        """The driver heard ``m``'s outstanding report: the clock moves to its key."""
+        if m.tick is not None:
+            self.clock = (m.tick, m.index)
+            m.tick = None
+
+    def _saved_driver(self, payload: dict) -> None:
+        # A record holds the driver's whole state or a delta against the previous one.
+        self.driver_state = statediff.restore(self.driver_state, payload)
+        self.driver_payloads += 1
         self.announcements = []
 
     def _visit(self, r: Visit) -> None:
@@ -194,6 +211,7 @@ class ExperimentState:
 
     def _epoch(self, r: EpochResult) -> None:
         m = self.models[r.model_id]
+        self._reported(m)
         m.sums.pop((r.epoch, "train"), None)
         m.sums.pop((r.epoch, "eval"), None)
         m.epochs_done = r.epoch
@@ -219,6 +237,8 @@ class ExperimentState:
                 target.spec_version = a["spec_version"]
             else:
                 target.status = a["status"]
+                if a["action"] == "continue":
+                    target.tick = self.clock[0] + 1   # its next epoch ends one tick later
 
     # ------------------------------------------------------------------ queries
 
@@ -250,6 +270,16 @@ class ExperimentState:
             keep.add(self.best["checkpoint"])
         keep.discard("")
         return keep
+
+    def driver_payload(self, state: Mapping[str, Any]) -> dict:
+        """What a record journals of the driver's new ``state``: the state itself (a snapshot)
+        or its delta against :attr:`driver_state` (see :mod:`cerebro.core.statediff`)."""
+        return statediff.payload(self.driver_state, statediff.normalise(state), self.driver_payloads)
+
+    def awaited(self) -> dict[str, tuple[int, int]]:
+        """Model -> the (tick, index) key of the report the driver awaits from it (see
+        :mod:`cerebro.core.order`): the canonical order in which the driver hears reports."""
+        return {mid: (m.tick, m.index) for mid, m in self.models.items() if m.tick is not None}
 
     def statuses(self) -> dict[str, str]:
         return {mid: m.status for mid, m in self.models.items()}

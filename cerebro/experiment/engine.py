@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol
 
@@ -27,6 +26,7 @@ from ..core.events import (
     SubEpochFailed, SubEpochFinished, TrainSubEpoch, WorkerJoined, WorkerLost, WorkerRetired,
 )
 from ..core.mop import MOPScheduler
+from ..core.order import ReportQueue
 from ..core.records import (
     BestModel, CreationFailure, DriverUpdate, EpochResult, ModelCreation, ModelFailure, Record, Rollback, Suggestion,
     Visit, WorkerRetirement, record_from_dict,
@@ -182,6 +182,9 @@ class Engine:
         self._where: dict[int, tuple[str, str]] = {}   # worker -> (host, device), from WorkerReady
         self._building: set[int] = set()   # indices a running _fill is building
         self._frameworks: set[str] = set()  # frameworks of the models this run created
+        # Reports for the driver, delivered in the canonical order under the deterministic scheduler.
+        self._reports: ReportQueue = ReportQueue(canonical=scheduler.mode == "deterministic")
+        self._delivering = False
 
     # ------------------------------------------------------------------ public
 
@@ -220,15 +223,25 @@ class Engine:
         if s.driver_state is not None:
             self.driver.set_state(s.driver_state)
         # Announcements journaled after the driver's last saved state: tell the driver again.
+        # A failure's answer (actions about paused models, then the driver's state) was never
+        # journaled: it is applied as the live run would have, before any other report.
+        answers = []
         for note in s.announcements:
             if note[0] == "added":
                 self.driver.on_model_added(note[1], dict(note[2]))
             else:
-                self.driver.on_model_failed(None, dict(note[2]), note[3])
+                answers.append(self.driver.on_model_failed(note[1], dict(note[2]), note[3]))
         log.info("restored %d models (%d visits, %d epochs) from the journal", len(s.models), len(s.visits), len(s.history))
         events = s.restored_events()
-        if events:
-            self._handle(*events)
+        self._delivering = True   # the scheduler gets its models back first; reports wait
+        try:
+            if events:
+                self._handle(*events)
+            for answer in answers:
+                self._driver_reacts(answer)
+        finally:
+            self._delivering = False
+        self._deliver()
 
     # ------------------------------------------------------------------ committing
 
@@ -238,6 +251,11 @@ class Engine:
         self.state.apply(record)
         if self.after_commit is not None:
             self.after_commit(record, self.state)
+
+    def _driver_payload(self) -> dict:
+        """The driver's state for the next record: a delta against the last journaled one, or a
+        snapshot (:mod:`cerebro.core.statediff`), so the journal grows linearly with the search."""
+        return self.state.driver_payload(self.driver.get_state())
 
     def _discard(self, *paths: str | None) -> None:
         """Delete those of ``paths`` that the committed state no longer keeps."""
@@ -277,7 +295,7 @@ class Engine:
         be complete: promote the paused models); journal them with the driver's state."""
         actions = self._decide(decision, None, None)
         applied, events, discard = self._describe(actions, None, None)
-        self._commit(DriverUpdate(self.driver.get_state(), applied, time=self.clock()))
+        self._commit(DriverUpdate(self._driver_payload(), applied, time=self.clock()))
         self._discard(*discard)
         if events:
             self._handle(*events)
@@ -295,12 +313,12 @@ class Engine:
                 return False
             proposals = self.driver.suggest(s.active())
             if proposals is None:
-                self._commit(DriverUpdate(self.driver.get_state(), exhausted=True, time=self.clock()))
+                self._commit(DriverUpdate(self._driver_payload(), exhausted=True, time=self.clock()))
                 return False
             todo = [(s.next_index + i, dict(p)) for i, p in enumerate(proposals)]
             if not todo:
                 return False
-            self._commit(Suggestion(todo[0][0], [p for _, p in todo], self.driver.get_state(), time=self.clock()))
+            self._commit(Suggestion(todo[0][0], [p for _, p in todo], self._driver_payload(), time=self.clock()))
         self._building.update(i for i, _ in todo)
         added = []
         try:
@@ -554,26 +572,56 @@ class Engine:
         self._process(self.scheduler.handle(*events))
 
     def _process(self, commands: list) -> None:
-        """Carry out the scheduler's commands (and those that follow from them)."""
-        pending = deque(commands)
-        while pending:
-            cmd = pending.popleft()
+        """Carry out the scheduler's commands: submit visits; queue reports (EndEpoch,
+        AbandonModel) for the driver, then deliver those that may be delivered now."""
+        for cmd in commands:
             if isinstance(cmd, (TrainSubEpoch, EvaluateSubEpoch)):
                 self._submit(cmd)
-            elif isinstance(cmd, EndEpoch):
-                before = self.state.statuses()
-                follow = self._end_epoch(cmd)
-                if follow:
-                    pending.extend(self.scheduler.handle(*follow))
-                for mid, rec in self.state.models.items():
-                    if rec.status in ("completed", "stopped") and before.get(mid) != rec.status:
-                        self._emit("model_ended", model_id=mid, status=rec.status)
-                self._fill()
-            elif isinstance(cmd, AbandonModel):
-                self._abandon(cmd)
-                self._fill()
+            elif isinstance(cmd, (EndEpoch, AbandonModel)):
+                self._reports.add(cmd.model_id, cmd)
             else:  # pragma: no cover - the scheduler emits nothing else
                 raise CerebroError(f"unknown scheduler command {cmd!r}")
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Tell the driver the reports it may hear now, one at a time, in the canonical order
+        under the deterministic scheduler (see :mod:`cerebro.core.order`): a report waits until
+        every report due before it has arrived and been decided.  After each, the driver may
+        propose configurations (:meth:`_fill`), so suggestions too come at canonical points."""
+        if self._delivering:
+            return   # called back from a delivery: the loop below picks up what was queued
+        self._delivering = True
+        try:
+            while True:
+                awaited = self.state.awaited()
+                cmd = self._reports.pop(awaited)
+                if cmd is None:
+                    self._check_order(awaited)
+                    return
+                if isinstance(cmd, EndEpoch):
+                    before = self.state.statuses()
+                    follow = self._end_epoch(cmd)
+                    if follow:
+                        self._process(self.scheduler.handle(*follow))
+                    for mid, rec in self.state.models.items():
+                        if rec.status in ("completed", "stopped") and before.get(mid) != rec.status:
+                            self._emit("model_ended", model_id=mid, status=rec.status)
+                else:
+                    self._abandon(cmd)
+                self._fill()
+        finally:
+            self._delivering = False
+
+    def _check_order(self, awaited: Mapping[str, tuple[int, int]]) -> None:
+        """A report that can never be delivered is a bug, never a silent hang: the report due
+        first must belong to a model the scheduler still runs."""
+        first = self._reports.first_awaited(awaited)
+        if self._reports and (first is None or self.scheduler.status(first) != "running"):
+            raise CerebroError(
+                f"internal error: the driver waits on a report of {first} (key {awaited.get(first)}), which the "
+                f"scheduler will never send ({self.scheduler.status(first) if first else 'no model awaited'}); "
+                f"held reports: {self._reports.held()}"
+            )
 
     def _submit(self, cmd: TrainSubEpoch | EvaluateSubEpoch) -> None:
         model = self.state.models[cmd.model_id]
@@ -615,7 +663,7 @@ class Engine:
         # One record holds the epoch, every action taken on it and the driver's new state: a
         # crash before it is written makes resume evaluate and decide this epoch again.
         self._commit(EpochResult(model.model_id, cmd.epoch, metrics, dict(model.params), cmd.final, prefix + applied,
-                                 model.checkpoint, model.checksum, self.driver.get_state(), time=self.clock()))
+                                 model.checkpoint, model.checksum, self._driver_payload(), time=self.clock()))
         self._discard(previous_boundary, previous_start, *discard)
         self._emit("epoch", model_id=model.model_id, epoch=cmd.epoch, metrics=metrics)
         return events

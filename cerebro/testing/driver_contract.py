@@ -207,6 +207,11 @@ class _Sim:
         except (TypeError, ValueError) as exc:
             raise ContractViolation(f"get_state() after driver call {self.calls + 1} is not JSON-serialisable: {exc}") from exc
 
+    def _payload(self) -> dict:
+        """The driver's state as the engine journals it: a snapshot or a delta (the reducer
+        must rebuild exactly :meth:`_driver_state` from it)."""
+        return self.state.driver_payload(self._driver_state())
+
     def _after_call(self) -> None:
         text = self._driver_state()
         self.calls += 1
@@ -232,7 +237,7 @@ class _Sim:
         proposals = self.driver.suggest(num_active)
         self.log.append(("suggest", num_active, _jsonable(proposals)))
         if proposals is None:
-            self.state.apply(DriverUpdate(self._driver_state(), exhausted=True))
+            self.state.apply(DriverUpdate(self._payload(), exhausted=True))
             self._after_call()
             return
         if not isinstance(proposals, list):
@@ -241,7 +246,7 @@ class _Sim:
             check_config(config, self.space, f"suggest({num_active})[{i}]")
         first = self.state.next_index
         if proposals:
-            self.state.apply(Suggestion(first, [dict(c) for c in proposals], self._driver_state()))
+            self.state.apply(Suggestion(first, [dict(c) for c in proposals], self._payload()))
         self._after_call()
         for offset, config in enumerate(proposals):
             index = first + offset
@@ -291,7 +296,7 @@ class _Sim:
         self.log.append(("epoch", m.model_id, epoch, _jsonable(decision)))
         applied = self._decide(m.model_id, epoch, decision, f"on_epoch_end({m.model_id!r}, {epoch}) -> {decision!r}")
         self.state.apply(EpochResult(m.model_id, epoch, metrics, dict(m.params), False, applied,
-                                     f"{m.model_id}/e{epoch}", None, self._driver_state()))
+                                     f"{m.model_id}/e{epoch}", None, self._payload()))
         self._after_call()
 
     def _apply_notice(self, answer: Any, where: str) -> None:
@@ -300,7 +305,7 @@ class _Sim:
         if answer is None or (isinstance(answer, (list, tuple)) and not answer):
             return
         applied = self._decide(None, None, answer, where)
-        self.state.apply(DriverUpdate(self._driver_state(), applied))
+        self.state.apply(DriverUpdate(self._payload(), applied))
 
     def _decide(self, reporting: str | None, epoch: int | None, decision: Any, where: str) -> list[dict]:
         """Check a decision with the engine's rules (and the space, which only the contract
