@@ -231,10 +231,12 @@ def plan(budget: int, population: int, workers: int) -> dict[str, dict[str, Any]
 
 # ---------------------------------------------------------------------------- running
 
-def make_search(name: str, backend, store, size: dict[str, Any], seed: int, experiment: str):
+def make_search(name: str, backend, store, size: dict[str, Any], seed: int, experiment: str,
+                scheduler: str = "dynamic"):
     import cerebro
 
-    common = dict(evaluation_metric="accuracy", seed=seed, verbose=0, tensorboard=False, experiment_name=experiment)
+    common = dict(evaluation_metric="accuracy", seed=seed, verbose=0, tensorboard=False, experiment_name=experiment,
+                  scheduler=scheduler)
     args = dict(size["args"])
     if name == "grid":
         return cerebro.GridSearch(backend, store, make_estimator, grid_space(), **args, **common)
