@@ -37,6 +37,18 @@ log = logging.getLogger(__name__)
 
 #: internal (tests): a worker answers this message with ("env", dict(os.environ))
 _PROBE_ENV = "cerebro:probe-env"
+_REBIND = "cerebro:rebind"   # ("cerebro:rebind", WorkerSetup): serve another fit's data
+
+
+def _log_to(log_dir: str | None, worker: int) -> None:
+    """Send this process's stdout and stderr to the worker's log file in ``log_dir`` (None: leave them)."""
+    if not log_dir:
+        return
+    os.makedirs(log_dir, exist_ok=True)
+    fd = os.open(os.path.join(log_dir, layout.file_name(layout.worker_log(worker))), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _limit_native_threads(threads: int | None) -> None:
@@ -78,12 +90,7 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup, env: dict[str, str] 
     """
     if env:
         os.environ.update(env)
-    if setup.log_dir:
-        os.makedirs(setup.log_dir, exist_ok=True)
-        fd = os.open(os.path.join(setup.log_dir, layout.file_name(layout.worker_log(worker))), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+    _log_to(setup.log_dir, worker)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     _limit_native_threads(setup.threads)
@@ -105,6 +112,20 @@ def worker_main(conn: Any, worker: int, setup: WorkerSetup, env: dict[str, str] 
             return
         if msg == _PROBE_ENV:
             conn.send(("env", dict(os.environ)))
+            continue
+        if msg[0] == _REBIND:
+            # Another fit on other data: the same process (its framework imported) serves it.
+            setup = msg[1]
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                _log_to(setup.log_dir, worker)
+                runtime = None   # the old data and models go before the new data loads
+                runtime = WorkerRuntime(setup.store, setup.prepared, worker, setup.threads, setup.frameworks)
+            except BaseException:
+                conn.send(("dead", traceback.format_exc()))
+                return
+            conn.send(("ready", os.getpid(), where()))
             continue
         task_id, task = msg
         try:
@@ -145,8 +166,8 @@ class LocalBackend(Backend):
     ``threads_per_worker`` bounds TensorFlow's thread pools in each worker; by default the
     machine's cores are divided among the workers (at least one each), so two workers on a
     2-core machine do not oversubscribe it.  Worker processes stay alive between ``fit`` calls
-    on the same data (TensorFlow stays imported) until :meth:`close` or the end of the ``with``
-    block.
+    (TensorFlow stays imported; on the same data, the partitions stay loaded too) until
+    :meth:`close` or the end of the ``with`` block.
     """
 
     def __init__(self, num_workers: int | None = None, *, gpus: Any = None, workers_per_gpu: int = 1,
@@ -212,6 +233,16 @@ class LocalBackend(Backend):
         if reusable:
             # Same data, same store: keep the processes (TensorFlow imported, partitions cached).
             self._pending.extend(self._ch.ready_event(w) for w in range(self.num_workers))
+            return
+        idle = (self._setup is not None and self._setup.threads == setup.threads and not self._ch.busy
+                and len(self._ch.ready) == self.num_workers and all(p.is_alive() for p in self._procs.values()))
+        if idle:
+            # Other data: the idle processes load it (each answers "ready" again, or "dead" with
+            # its traceback), which saves a process start and a framework import per worker.
+            self._setup = setup
+            for w in range(self.num_workers):
+                self._ch.ready.discard(w)
+                self._ch.conns[w].send((_REBIND, setup))
             return
         self.close()
         self._setup = setup

@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 import cerebro
-from cerebro.datasets import digits_frame
-from cerebro import GridSearch, LocalBackend, LocalStore, RandomSearch, hp_choice, hp_loguniform
+from cerebro import GridSearch, LocalBackend, RandomSearch, hp_choice, hp_loguniform
 from cerebro.frameworks.keras import limit_threads
 
 pytestmark = pytest.mark.slow
@@ -32,22 +31,6 @@ def make_estimator(params):
     ])
     return cerebro.KerasEstimator(model, keras.optimizers.Adam(params["lr"]), "sparse_categorical_crossentropy",
                                   metrics=["accuracy"], batch_size=params.get("batch_size", 32))
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(num_workers=2) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return LocalStore(str(tmp_path_factory.mktemp("store")))
-
-
-@pytest.fixture(scope="module")
-def df():
-    return digits_frame()
 
 
 @pytest.fixture(scope="module")
@@ -178,4 +161,26 @@ def test_worker_killed_mid_sub_epoch(grid_result, backend, store, df):
     assert len(counts) == 4 * 4 * 2 and set(counts) == {1}
     for mid, m in grid_result.models.items():
         for a, b in zip(m.keras().get_weights(), r.models[mid].keras().get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_fit_on_other_data_keeps_the_worker_processes_and_trains_as_fresh_ones(grid_result, backend, store, df):
+    # grid_result prepared the data with seed 2020; seed 7 splits and partitions it otherwise,
+    # so the workers load other data: in the same processes (no new start, no TF import).
+    pids = backend.worker_pids()
+    space = {"lr": hp_choice([3e-3, 1e-2]), "width": hp_choice([16])}
+
+    def fit(b, name):
+        return GridSearch(b, store, make_estimator, space, num_epochs=2, evaluation_metric="accuracy", seed=7,
+                          scheduler="deterministic", experiment_name=name, verbose=0).fit(df)
+
+    reused = fit(backend, "other-data-reused")
+    assert backend.worker_pids() == pids
+    with LocalBackend(num_workers=2) as fresh_backend:
+        fresh = fit(fresh_backend, "other-data-fresh")
+        assert set(fresh_backend.worker_pids().values()).isdisjoint(pids.values())
+    pd.testing.assert_frame_equal(reused.history.drop(columns=["time"], errors="ignore"),
+                                  fresh.history.drop(columns=["time"], errors="ignore"))
+    for mid, m in reused.models.items():
+        for a, b in zip(m.keras().get_weights(), fresh.models[mid].keras().get_weights()):
             np.testing.assert_array_equal(a, b)
