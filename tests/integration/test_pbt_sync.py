@@ -14,8 +14,7 @@ from __future__ import annotations
 import pytest
 
 import cerebro
-from cerebro import LocalBackend, LocalStore, PBTSearch, hp_choice, hp_loguniform
-from cerebro.datasets import digits_frame
+from cerebro import PBTSearch, hp_choice, hp_loguniform
 from cerebro.experiment.journal import read_journal
 from cerebro.frameworks.keras import limit_threads
 
@@ -37,25 +36,6 @@ def make_estimator(params):
                               keras.layers.Dense(10, activation="softmax")])
     return cerebro.KerasEstimator(model, keras.optimizers.Adam(params["lr"]), "sparse_categorical_crossentropy",
                                   metrics=["accuracy"], batch_size=32)
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(num_workers=2) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    # one store for every run: the two runs of a seed share its prepared data and the running
-    # workers (they are kept when the store and the prepared data match; the data's split and
-    # partitions depend on the seed, so each new seed starts fresh workers)
-    return LocalStore(str(tmp_path_factory.mktemp("pbt-sync")))
-
-
-@pytest.fixture(scope="module")
-def df():
-    return digits_frame()
 
 
 def exploit_entries(store, name):

@@ -18,8 +18,7 @@ import time
 
 import pytest
 
-from cerebro import LocalBackend, LocalStore
-from cerebro.datasets import digits_frame
+from cerebro import LocalStore
 from cerebro.experiment.journal import read_journal
 from cerebro.frameworks.keras import limit_threads
 from resume_search import assert_decisions_mattered, assert_same_run, make_search, snapshot
@@ -27,22 +26,6 @@ from resume_search import assert_decisions_mattered, assert_same_run, make_searc
 pytestmark = pytest.mark.slow
 
 limit_threads(1)
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(num_workers=2) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return LocalStore(str(tmp_path_factory.mktemp("reproducible")))
-
-
-@pytest.fixture(scope="module")
-def df():
-    return digits_frame()
 
 
 @pytest.fixture(scope="module")

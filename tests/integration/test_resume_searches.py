@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cerebro import LocalBackend, LocalStore
+from cerebro import LocalStore
 from cerebro.datasets import digits_frame
 from cerebro.experiment.journal import read_journal
 from cerebro.frameworks.keras import limit_threads
@@ -42,12 +42,6 @@ def run(*args: str, expect_killed: bool = False) -> subprocess.CompletedProcess:
     else:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(num_workers=2) as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

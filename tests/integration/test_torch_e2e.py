@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 
 import cerebro  # noqa: E402
 from cerebro import (  # noqa: E402
-    AblationStudy, CerebroError, GridSearch, LocalBackend, LocalStore, MedianStopping, PBTSearch, hp_choice,
+    AblationStudy, CerebroError, GridSearch, LocalStore, MedianStopping, PBTSearch, hp_choice,
     hp_loguniform,
 )
 from cerebro.datasets import digits_frame  # noqa: E402
@@ -66,22 +66,6 @@ def load_state(store, path) -> dict:
 
 
 SPACE = {"lr": hp_choice([3e-3, 1e-2]), "width": hp_choice([16, 64])}
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(num_workers=2) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return LocalStore(str(tmp_path_factory.mktemp("torch-store")))
-
-
-@pytest.fixture(scope="module")
-def df():
-    return digits_frame()
 
 
 @pytest.fixture(scope="module")
