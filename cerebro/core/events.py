@@ -57,6 +57,7 @@ class ModelAdded:
 
     model_id: str
     index: int
+    due: int = 0     # the logical tick of the model's next report (deterministic mode: a preference)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ModelRestored:
     status: str = "running"
     trained: tuple[int, ...] = ()
     evaluated: tuple[int, ...] = ()
+    due: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class ModelContinued:
     """Answer to :class:`EndEpoch`: the model goes on with its next epoch."""
 
     model_id: str
+    due: int = 0
 
 
 @dataclass(frozen=True)

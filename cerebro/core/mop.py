@@ -29,9 +29,15 @@ Two modes:
 
 ``"deterministic"``
     A model's train visits in epoch ``e`` follow the fixed order :meth:`MOPScheduler.epoch_order`
-    (a permutation drawn from ``(seed, index, e)``), so what a model sees never depends on
+    (one permutation drawn from ``(seed, e)``, read cyclically from the model's ``index``, so
+    that models added together start on different workers), so what a model sees never depends on
     timing.  Eval visits may run in any order (evaluation does not change the model).  Within
-    that restriction work is still assigned greedily, exactly as in dynamic mode.
+    that restriction work is still assigned greedily, as in dynamic mode, with one more
+    preference between (1) and (2): the model whose next report is due first in logical time
+    (the ``due`` tick of :class:`ModelAdded`, :class:`ModelContinued` and :class:`ModelRestored`,
+    see :mod:`cerebro.core.order`).  The driver hears reports in that order, so finishing them
+    in that order keeps models from waiting on one another; a model that is ahead fills
+    workers that would otherwise be idle.  (Preferences never change what a model learns.)
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ class _Model:
         "attempts",
         "free_parts",
         "key",
+        "due",
     )
 
     def __init__(self, model_id: str, index: int) -> None:
@@ -128,6 +135,7 @@ class _Model:
         self.free_parts: tuple[int, ...] = ()
         # Preference key (see _preference) fixed when the model was last indexed as free.
         self.key = -1
+        self.due = 0  # deterministic mode: the logical tick of its next report (cerebro.core.order)
 
     def visits_left(self) -> int:
         """Train plus eval visits still to commit in the current epoch."""
@@ -231,7 +239,8 @@ class MOPScheduler:
     def epoch_order(self, model_id: str, epoch: int) -> tuple[int, ...]:
         """The fixed train partition order of ``model_id`` in ``epoch`` (1-based).
 
-        ``tuple(numpy.random.default_rng([seed, index, epoch]).permutation(num_partitions))``.
+        With ``base = numpy.random.default_rng([seed, epoch]).permutation(num_partitions)`` and
+        ``p = num_partitions``: ``tuple(base[(index + k) % p] for k in range(p))``.
         Deterministic mode follows it; in dynamic mode it is still defined but not followed.
         """
         m = self._model(model_id)
@@ -468,7 +477,9 @@ class MOPScheduler:
         return []
 
     def _on_model_added(self, ev: ModelAdded) -> list[Command]:
+        due = self._due(ev)
         m = self._register(ev.model_id, ev.index)
+        m.due = due
         self._start_epoch(m, 1)
         return []
 
@@ -487,7 +498,9 @@ class MOPScheduler:
             order = self._order(int(ev.index), int(ev.epoch))
             if tuple(ev.trained) != order[: len(ev.trained)]:
                 raise SchedulerError(f"model {ev.model_id!r} restored with trained={ev.trained}, not a prefix of its order {order}")
+        due = self._due(ev)
         m = self._register(ev.model_id, ev.index)
+        m.due = due
         self._start_epoch(m, int(ev.epoch))
         self._unindex(m)
         if ev.status in ("awaiting", "ended"):
@@ -537,6 +550,7 @@ class MOPScheduler:
         m = self._model(ev.model_id)
         if m.phase != _AWAITING:
             raise SchedulerError(f"model {m.model_id!r} continued but it is {self.status(m.model_id)}, not awaiting")
+        m.due = self._due(ev)
         self._start_epoch(m, m.epoch + 1)
         return []
 
@@ -585,6 +599,12 @@ class MOPScheduler:
         return self._fail(m, cmd.partition, ev.kind, ev.error, ev.retryable)
 
     # ------------------------------------------------------------------ transitions
+
+    def _due(self, ev: ModelAdded | ModelContinued | ModelRestored) -> int:
+        """The event's due tick, checked (before the event changes anything); 0 in dynamic mode."""
+        if not is_int(ev.due) or ev.due < 0:
+            raise SchedulerError(f"model {ev.model_id!r}: due must be an integer >= 0, got {ev.due!r}")
+        return int(ev.due) if self._deterministic else 0
 
     def _start_epoch(self, m: _Model, epoch: int) -> None:
         p = self.num_partitions
@@ -777,10 +797,15 @@ _EPOCH_MASK = (1 << _EPOCH_BITS) - 1
 _VISITS_CAP = 1 << 40
 
 
+_DUE_SHIFT = _INDEX_BITS + _EPOCH_BITS + 41   # above the visits field (_VISITS_CAP - visits < 2**41)
+
+
 def _preference(m: _Model) -> int:
-    """Smaller is preferred: most visits left, then lower epoch, then lower index.
+    """Smaller is preferred: the earliest due report (deterministic mode; 0 otherwise), then most
+    visits left, then lower epoch, then lower index.
 
     Ties are impossible: the index is unique among models.
     """
     epoch = min(m.epoch, _EPOCH_MASK)  # > 10^12 epochs never happens; saturate rather than alias
-    return ((_VISITS_CAP - m.visits_left()) << (_INDEX_BITS + _EPOCH_BITS)) | (epoch << _INDEX_BITS) | m.index
+    return ((m.due << _DUE_SHIFT) | ((_VISITS_CAP - m.visits_left()) << (_INDEX_BITS + _EPOCH_BITS))
+            | (epoch << _INDEX_BITS) | m.index)

@@ -320,5 +320,5 @@ class ExperimentState:
                 events.append(ModelRestored(m.model_id, m.index, m.epochs_done, "awaiting"))
             else:
                 events.append(ModelRestored(m.model_id, m.index, m.epochs_done + 1, "running",
-                                            tuple(m.trained), tuple(m.evaluated)))
+                                            tuple(m.trained), tuple(m.evaluated), due=m.tick or 0))
         return events

@@ -298,7 +298,7 @@ class Engine:
         self._commit(DriverUpdate(self._driver_payload(), applied, time=self.clock()))
         self._discard(*discard)
         if events:
-            self._handle(*events)
+            self._handle(*self._due(events))
 
     def _fill(self) -> bool:
         """Ask the driver for configurations; create and add them.  True if any model was added.
@@ -340,7 +340,7 @@ class Engine:
                 self._commit(ModelCreation(model_id, index, dict(params), init.spec_path, init.checkpoint, init.checksum,
                                            dict(init.task_extra), time=self.clock()))
                 self._emit("model_added", model_id=model_id, params=dict(params), index=index)
-                added.append(ModelAdded(model_id, index))
+                added.append(ModelAdded(model_id, index, due=self.state.models[model_id].tick or 0))
         finally:
             self._building.difference_update(i for i, _ in todo)
         if added:
@@ -602,7 +602,7 @@ class Engine:
                     before = self.state.statuses()
                     follow = self._end_epoch(cmd)
                     if follow:
-                        self._process(self.scheduler.handle(*follow))
+                        self._process(self.scheduler.handle(*self._due(follow)))
                     for mid, rec in self.state.models.items():
                         if rec.status in ("completed", "stopped") and before.get(mid) != rec.status:
                             self._emit("model_ended", model_id=mid, status=rec.status)
@@ -611,6 +611,12 @@ class Engine:
                 self._fill()
         finally:
             self._delivering = False
+
+    def _due(self, events: list) -> list:
+        """Continued models with the tick of their next report, now that the decision is
+        committed (the deterministic scheduler prefers the report due first)."""
+        return [replace(ev, due=self.state.models[ev.model_id].tick or 0) if isinstance(ev, ModelContinued) else ev
+                for ev in events]
 
     def _check_order(self, awaited: Mapping[str, tuple[int, int]]) -> None:
         """A report that can never be delivered is a bug, never a silent hang: the report due

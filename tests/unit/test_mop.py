@@ -302,9 +302,13 @@ def test_epoch_order_is_the_documented_permutation():
     s = MOPScheduler(7, mode="deterministic", seed=11)
     step(s, ModelAdded("a", 5))
     for e in (1, 2, 3):
-        expected = tuple(np.random.default_rng([11, 5, e]).permutation(7))
+        base = np.random.default_rng([11, e]).permutation(7)
+        expected = tuple(base[(5 + k) % 7] for k in range(7))
         assert s.epoch_order("a", e) == expected
         assert all(type(x) is int for x in s.epoch_order("a", e))
+    # models added together (consecutive indices) start on different partitions
+    step(s, ModelAdded("b", 6))
+    assert s.epoch_order("b", 1)[0] == s.epoch_order("a", 1)[1]
     with pytest.raises(SchedulerError):
         s.epoch_order("nope", 1)
     with pytest.raises(SchedulerError):
@@ -512,3 +516,21 @@ def test_decision_cost_sanity_1000_models_64_workers():
             s.handle(*answers)
     s.validate()
     assert total / steps < 0.020
+
+
+def test_deterministic_mode_prefers_the_model_whose_report_is_due_first():
+    from cerebro.core.events import ModelAdded as Added, ModelContinued as Continued, WorkerJoined as Joined
+
+    for mode, first in (("deterministic", "b"), ("dynamic", "a")):
+        s = MOPScheduler(1, mode=mode)
+        s.handle(Added("a", 0, due=5), Added("b", 1, due=2))
+        (cmd,) = s.handle(Joined(0))
+        assert cmd.model_id == first, mode
+        s.validate()
+    s = MOPScheduler(1, mode="deterministic")
+    with pytest.raises(SchedulerError, match="due must be an integer >= 0"):
+        s.handle(Added("a", 0, due=-1))
+    assert not s.in_flight and s.idle   # refused before anything changed
+    s.handle(Added("a", 0, due=1))
+    with pytest.raises(SchedulerError, match="not awaiting"):
+        s.handle(Continued("a", due=2))
