@@ -59,8 +59,16 @@ def exploit_init_seed(seed: int, model_index: int, spec_version: int) -> int:
 
 
 def epoch_partition_order(seed: int, model_index: int, epoch: int, num_partitions: int) -> tuple[int, ...]:
-    """The deterministic scheduler's order of partitions for one model's epoch."""
-    return tuple(int(p) for p in np.random.default_rng([int(seed), int(model_index), int(epoch)]).permutation(num_partitions))
+    """The deterministic scheduler's order of partitions for one model's epoch.
+
+    One random permutation per epoch, ``numpy.random.default_rng([seed, epoch])``, read
+    cyclically from position ``model_index % num_partitions``: every epoch has a fresh order,
+    and models with consecutive indices (those a search adds together) start on different
+    partitions, so they pipeline across the workers instead of queueing for the same one.
+    """
+    base = np.random.default_rng([int(seed), int(epoch)]).permutation(num_partitions)
+    start = int(model_index) % num_partitions
+    return tuple(int(base[(start + k) % num_partitions]) for k in range(num_partitions))
 
 
 def row_order(seed: int, num_rows: int) -> np.ndarray:

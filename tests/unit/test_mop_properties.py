@@ -74,8 +74,8 @@ class SimEngine:
         """The documented epoch order, computed here independently of the scheduler."""
         key = (m, e)
         if key not in self._orders:
-            perm = np.random.default_rng([self.seed, self.index[m], e]).permutation(self.p)
-            self._orders[key] = tuple(int(x) for x in perm)
+            base = np.random.default_rng([self.seed, e]).permutation(self.p)
+            self._orders[key] = tuple(int(base[(self.index[m] + k) % self.p]) for k in range(self.p))
         return self._orders[key]
 
     def n_committed(self, m: str, e: int, kind: str) -> int:

@@ -290,8 +290,8 @@ def test_a_worker_that_dies_at_every_start_is_retired_and_the_models_are_those_o
 
 def test_a_worker_that_dies_at_every_task_is_retired_and_the_run_finishes():
     _, clean, *_ = run()
-    # (max_retries=3: four deaths cannot abandon a model whose visits they killed.)
-    outcome, finals, _, _, backend, _ = run(faults=lambda w, t: "die" if w == 1 else None, max_retries=3)
+    # (max_retries=4: four deaths cannot abandon a model, even if they all killed its one visit.)
+    outcome, finals, _, _, backend, _ = run(faults=lambda w, t: "die" if w == 1 else None, max_retries=4)
     assert backend.restarts == 3
     # Four visits died with it; each was retried on the partition's server, worker 0 at the end.
     failed = [v for v in outcome.visits if v["status"] == "failed"]
