@@ -320,7 +320,9 @@ class Engine:
                 return False
             self._commit(Suggestion(todo[0][0], [p for _, p in todo], self._driver_payload(), time=self.clock()))
         self._building.update(i for i, _ in todo)
-        added = []
+        # Each model goes to the scheduler as soon as it is built, so a free worker trains it
+        # while the next one is built; no report is delivered halfway through the suggestion.
+        delivering, self._delivering = self._delivering, True
         try:
             for index, params in todo:
                 model_id = f"model_{index:03d}"
@@ -340,11 +342,12 @@ class Engine:
                 self._commit(ModelCreation(model_id, index, dict(params), init.spec_path, init.checkpoint, init.checksum,
                                            dict(init.task_extra), time=self.clock()))
                 self._emit("model_added", model_id=model_id, params=dict(params), index=index)
-                added.append(ModelAdded(model_id, index, due=self.state.models[model_id].tick or 0))
+                self._handle(ModelAdded(model_id, index, due=self.state.models[model_id].tick or 0))
         finally:
             self._building.difference_update(i for i, _ in todo)
-        if added:
-            self._handle(*added)
+            self._delivering = delivering
+        if not delivering:
+            self._deliver()
         # True when the driver proposed anything, even if none of it could be built: it may
         # propose more (TPE), so the run is not over.
         return True
