@@ -26,7 +26,7 @@ __all__ = [
 
 # The columns of ``visits`` / ``evaluations`` rows, in order.
 VISIT_COLUMNS = ("model_id", "epoch", "partition", "worker", "host", "device", "start", "end", "rows", "status",
-                 "attempt", "load_s", "compute_s", "save_s")
+                 "attempt", "load_s", "compute_s", "save_s", "build_s")
 RUN_MARKS = ("started", "resumed", "finished", "aborted")
 
 
@@ -101,6 +101,9 @@ class Visit(_Base):
     time: float = 0.0
     host: str = ""                   # where the worker ran ("" in journals written before it was recorded)
     device: str = ""                 # "cpu" or "cuda:<physical id>"
+    # Of load_s, the one-time set-up the worker then keeps (0 in journals written before it was
+    # recorded): building the model's architecture, reading its spec, making the input arrays.
+    build_s: float = 0.0
 
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in VISIT_COLUMNS}

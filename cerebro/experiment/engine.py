@@ -554,7 +554,7 @@ class Engine:
             dict(result.metrics) if result is not None else {},
             result.checkpoint if status == "ok" and task.kind == "train" else None,
             result.checksum if status == "ok" and task.kind == "train" else None,
-            time=end, host=host, device=device,
+            time=end, host=host, device=device, build_s=timing.get("build", 0.0),
         )
         model = self.state.models[cmd.model_id]
         first_failure = status == "failed" and model.error is None

@@ -37,4 +37,5 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None   # train: the state written (the task's ``out``)
     checksum: str | None = None     # its sha256
-    timing: dict[str, float] = field(default_factory=dict)   # "load", "compute", "save" seconds
+    # "load", "compute", "save" seconds; "build": the part of "load" spent on one-time set-up
+    timing: dict[str, float] = field(default_factory=dict)

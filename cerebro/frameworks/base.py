@@ -35,6 +35,7 @@ import logging
 import random
 import re
 import sys
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
@@ -449,6 +450,7 @@ class ModelCache:
         self.max_models = check_int("ModelCache", "max_models", max_models, minimum=1)
         self._entries: OrderedDict[str, _CacheEntry] = OrderedDict()
         self.builds = 0
+        self.build_seconds = 0.0   # spent in Framework.build, in total
         self.loads = 0
         self.skipped_loads = 0
 
@@ -461,7 +463,9 @@ class ModelCache:
     def _entry(self, spec: Any) -> _CacheEntry:
         entry = self._entries.get(spec.arch_key)
         if entry is None:
+            started = time.perf_counter()
             entry = _CacheEntry(self.framework.build(spec))
+            self.build_seconds += time.perf_counter() - started
             self.builds += 1
             self._entries[spec.arch_key] = entry
             while len(self._entries) > self.max_models:

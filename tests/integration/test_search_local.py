@@ -184,3 +184,27 @@ def test_a_fit_on_other_data_keeps_the_worker_processes_and_trains_as_fresh_ones
     for mid, m in reused.models.items():
         for a, b in zip(m.keras().get_weights(), fresh.models[mid].keras().get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_visits_count_the_one_time_build_apart_from_the_hop(backend, store, df):
+    # Widths no other test of the module uses: each worker builds both architectures here.
+    space = {"lr": hp_choice([3e-3, 1e-2]), "width": hp_choice([23, 29])}
+    r = GridSearch(backend, store, make_estimator, space, num_epochs=2, evaluation_metric="accuracy",
+                   experiment_name="build-apart", verbose=0).fit(df)
+    for frame in (r.visits, r.evaluations):
+        ok = frame[frame.status == "ok"]
+        assert (ok.build_s >= 0).all() and (ok.build_s <= ok.load_s).all()
+        # Everything built in epoch 1 (model, spec, input arrays) is kept: epoch 2 builds nothing.
+        assert (ok[ok.epoch == 2].build_s == 0).all(), ok[["model_id", "epoch", "worker", "build_s"]]
+    train = r.visits[r.visits.status == "ok"].sort_values("start")
+    first = train.groupby("worker").head(1)
+    assert len(first) == 2 and (first.build_s > 0.01).all()   # a Keras model is built: tens of ms
+    # The first visit of each model on each worker reads its spec at least: some build time.
+    firsts = train[train.epoch == 1]
+    assert (firsts.build_s > 0).all()
+    # The journal keeps it, so a resumed run and `cerebro report` see the same figures.
+    from cerebro.experiment.journal import read_journal
+
+    journaled = [rec["build_s"] for rec in read_journal(store, "build-apart")
+                 if rec["type"] == "visit" and rec["kind"] == "train"]
+    assert sorted(journaled) == sorted(r.visits.build_s.tolist())
