@@ -593,6 +593,8 @@ class Engine:
         propose configurations (:meth:`_fill`), so suggestions too come at canonical points."""
         if self._delivering:
             return   # called back from a delivery: the loop below picks up what was queued
+        if not self._reports:
+            return   # nothing held: no need to walk every model for the reports awaited
         self._delivering = True
         try:
             while True:
