@@ -4,6 +4,8 @@ Every engine is a command that trains the configurations for the jobs it is give
 one JSON file; ``benchmarks.run`` starts them one after another, each in its own processes:
 
 - ``sequential``: one process trains every configuration, one after another (Keras 3);
+- ``sequential-lean``: the same with the training loop of cerebro's workers instead of
+  ``model.fit`` (the compiled step over seeded row orders): the physical limit of one worker;
 - ``task-parallel``: p processes, each with its own full copy of the data, take whole
   configurations from a shared queue (the Celery / SparkTrials pattern; Keras 3);
 - ``model-averaging``: p processes (``torchrun``); each trains a replica of the configuration
@@ -51,7 +53,8 @@ import numpy as np
 
 from benchmarks import workload as wl
 
-ENGINES = ("sequential", "task-parallel", "model-averaging", "ddp", "horovod", "ps", "mop", "mop-spark", "mop-torch")
+ENGINES = ("sequential", "sequential-lean", "task-parallel", "model-averaging", "ddp", "horovod", "ps", "mop", "mop-spark",
+           "mop-torch")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -92,6 +95,26 @@ def _keras_train_config(keras, params, index, x, y, xv, yv, epochs, seed):
     return {"params": params, "val_accuracy": accs, "val_loss": losses}
 
 
+def _lean_train_config(keras, params, index, x, y, xv, yv, epochs, seed):
+    """Train one configuration with the loop cerebro's workers run (``train_sub_epoch`` and
+    ``evaluate`` of :mod:`cerebro.frameworks.keras.train`: the model's compiled step over the rows
+    in a seeded order, the metrics reset and read in a graph), on all rows, in this process."""
+    from cerebro.frameworks.keras.train import evaluate, train_sub_epoch
+
+    keras.utils.set_random_seed(seed + index)
+    model = wl.compile_keras(wl.keras_model(params, keras), params, keras)
+    # What cerebro's build decides for this model (only Keras' own layers, loss and metric):
+    # no TensorFlow seed reset per pass.
+    model._cerebro_runs_users_code = False
+    accs, losses = [], []
+    for epoch in range(epochs):
+        train_sub_epoch(model, x, y, batch_size=params["batch_size"], seed=(seed + index) * 1000 + epoch)
+        metrics = evaluate(model, xv, yv, batch_size=1024)
+        accs.append(float(metrics["accuracy"]))
+        losses.append(float(metrics["loss"]))
+    return {"params": params, "val_accuracy": accs, "val_loss": losses}
+
+
 def _job_record(job, span, cpu, configs, *, stored, moved, moved_how, rows, **extra):
     return {"tag": job["tag"], "epochs": job["epochs"], "span_s": span, "cpu_s": cpu, "configs": configs,
             "bytes_stored": int(stored), "bytes_moved": int(moved), "bytes_moved_how": moved_how,
@@ -100,7 +123,9 @@ def _job_record(job, span, cpu, configs, *, stored, moved, moved_how, rows, **ex
 
 # ---------------------------------------------------------------------------- sequential
 
-def run_sequential(jobs: list[dict], workers: int, out: str) -> None:
+def run_sequential(jobs: list[dict], workers: int, out: str, *, lean: bool = False) -> None:
+    """One process trains every configuration: with ``model.fit`` (the accuracy reference), or
+    with ``lean=True`` the loop cerebro's workers run (the physical limit of MOP's workers)."""
     wl.limit_threads(1)
     import tensorflow as tf
 
@@ -113,13 +138,13 @@ def run_sequential(jobs: list[dict], workers: int, out: str) -> None:
         xv, yv = wl.load_split(Path(job["data"]) / "full" / "val")
         configs = _configs(job)
         c0, t0 = time.process_time(), time.perf_counter()
-        recs = [_keras_train_config(keras, p, i, x, y, xv, yv, job["epochs"], job.get("seed", 0))
-                for i, p in enumerate(configs)]
+        train = _lean_train_config if lean else _keras_train_config
+        recs = [train(keras, p, i, x, y, xv, yv, job["epochs"], job.get("seed", 0)) for i, p in enumerate(configs)]
         span, cpu = time.perf_counter() - t0, time.process_time() - c0
         results.append(_job_record(job, span, cpu, recs, stored=wl.dir_bytes(Path(job["data"]) / "full"),
                                    moved=0, moved_how="none (one process)",
                                    rows=len(x) * job["epochs"] * len(configs), workers=1))
-    _write(out, {"system": "sequential", "workers": 1, "jobs": results})
+    _write(out, {"system": "sequential-lean" if lean else "sequential", "workers": 1, "jobs": results})
 
 
 # ---------------------------------------------------------------------------- task parallelism
@@ -566,8 +591,11 @@ def _mop_record(job, result, fit_wall, store_dir, workers) -> dict:
         job, span, None, recs, stored=stored, moved=moved,
         moved_how="measured: checkpoint bytes x (writes + reads on another worker), from visits and checkpoint files",
         rows=int(train.rows.sum()), fit_wall_s=fit_wall, busy_fraction=work / (workers * span),
-        hop_share=float((train.load_s + train.save_s).sum() / train.compute_s.sum()),
-        mean_hop_ms=float(1000 * (train.load_s + train.save_s).mean()),
+        # A hop is the state's trip (saved, then loaded on the next worker); building a model's
+        # architecture, which a worker does once and then keeps, is counted apart.
+        hop_share=float((train.load_s - train.build_s + train.save_s).sum() / train.compute_s.sum()),
+        build_share=float(train.build_s.sum() / train.compute_s.sum()),
+        mean_hop_ms=float(1000 * (train.load_s - train.build_s + train.save_s).mean()),
         mean_sub_epoch_s=float(train.compute_s.mean()), hops=hops, checkpoint_bytes=ckpt,
         failures=len(result.failures), scheduler=job.get("scheduler", "dynamic"))
 
@@ -627,8 +655,8 @@ def main(argv=None) -> int:
         run_ps_server(json.loads(args.cluster), args.job_name, args.index)
         return 0
     jobs = _read_jobs(args.jobs)
-    if args.engine == "sequential":
-        run_sequential(jobs, args.workers, args.out)
+    if args.engine in ("sequential", "sequential-lean"):
+        run_sequential(jobs, args.workers, args.out, lean=args.engine == "sequential-lean")
     elif args.engine == "task-parallel":
         run_task_parallel(jobs, args.workers, args.out)
     elif args.engine in ("model-averaging", "ddp"):

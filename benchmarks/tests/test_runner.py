@@ -51,6 +51,7 @@ def test_summary_ratios_are_paired_per_repeat_and_listed():
         "mop": run.system_figures("mop", _runs(10.0, 20.0, 12.0), workers=2),
         "task-parallel": run.system_figures("task-parallel", _runs(9.0, 25.0, 10.0), workers=2),
         "sequential": run.system_figures("sequential", _runs(20.0, 30.0, 30.0), workers=2),
+        "sequential-lean": run.system_figures("sequential-lean", _runs(16.0, 24.0, 30.0), workers=2),
         "ddp": run.system_figures("ddp", _runs(25.0, 40.0, 30.0), workers=2),
         "ps": run.system_figures("ps", _runs(100.0, 150.0), workers=2),  # its third repeat failed
     }
@@ -61,8 +62,11 @@ def test_summary_ratios_are_paired_per_repeat_and_listed():
     assert s["allreduce_over_mop"] == s["ddp_over_mop"]                 # no Horovod: DDP stands in
     assert s["ratios_per_repeat"]["allreduce_over_mop"] == pytest.approx([2.5, 2.0, 2.5])
     # rows/s = 1000 / span: MOP over 2 x sequential per repeat: 2/2, 1.5/2, 2.5/2 -> median 1.0
-    assert s["ratios_per_repeat"]["throughput_over_physical_limit"] == pytest.approx([1.0, 0.75, 1.25])
-    assert s["throughput_over_physical_limit"] == pytest.approx(1.0)
+    assert s["ratios_per_repeat"]["throughput_over_p_sequential_fit"] == pytest.approx([1.0, 0.75, 1.25])
+    assert s["throughput_over_p_sequential_fit"] == pytest.approx(1.0)
+    # The physical limit is the lean sequential process: 1.6/2, 1.2/2, 2.5/2 -> median 0.8
+    assert s["ratios_per_repeat"]["throughput_over_physical_limit"] == pytest.approx([0.8, 0.6, 1.25])
+    assert s["throughput_over_physical_limit"] == pytest.approx(0.8)
     # ps has repeats 1, 2 against MOP's 1, 2, 3: the ratio of medians (125 / 12), no per-repeat list.
     assert s["ps_over_mop"] == pytest.approx(125.0 / 12.0)
     assert "ps_over_mop" not in s["ratios_per_repeat"] and "ratio of medians" in s["ratios_how"]["ps_over_mop"]

@@ -32,8 +32,10 @@ def test_system_figures_are_medians_over_repeats():
 
 
 def test_mop_utilisation_is_the_busy_fraction():
-    fig = run.system_figures("mop", [{"jobs": [_job("time", 10, busy_fraction=0.93, hop_share=0.02, raw_data_bytes=50)]}], 2)
+    fig = run.system_figures("mop", [{"jobs": [_job("time", 10, busy_fraction=0.93, hop_share=0.02, build_share=0.04,
+                                                    raw_data_bytes=50)]}], 2)
     assert fig["utilisation"] == 0.93 and fig["hop_share"] == 0.02 and fig["raw_data_bytes"] == 50
+    assert fig["build_share"] == 0.04
 
 
 def _figs():
@@ -41,6 +43,7 @@ def _figs():
         "mop": {"epoch_s": 10.0, "utilisation": 0.95, "hop_share": 0.02, "rows_per_s": 900.0, "bytes_stored": 120,
                 "raw_data_bytes": 100, "best_val_accuracy": 0.975},
         "sequential": {"epoch_s": 20.0, "rows_per_s": 500.0, "best_val_accuracy": 0.980},
+        "sequential-lean": {"epoch_s": 15.0, "rows_per_s": 600.0, "best_val_accuracy": 0.975},
         "task-parallel": {"epoch_s": 9.0, "bytes_stored": 175},
         "ddp": {"epoch_s": 25.0},
         "ps": {"epoch_s": 120.0},
@@ -62,7 +65,8 @@ def test_summary_ratios_and_gaps():
     assert s["task_parallel_storage_over_mop"] == 1.75
     assert s["accuracy_gap_vs_sequential"] == pytest.approx(-0.5)       # percentage points, MOP minus sequential
     assert s["model_averaging_accuracy_gap_vs_sequential"] == pytest.approx(-3.0)
-    assert s["throughput_over_physical_limit"] == pytest.approx(0.9)    # 900 / (2 x 500)
+    assert s["throughput_over_physical_limit"] == pytest.approx(0.75)   # 900 / (2 x 600): the same loop
+    assert s["throughput_over_p_sequential_fit"] == pytest.approx(0.9)  # 900 / (2 x 500): model.fit
     assert s["hop_share"] == 0.02 and s["scheduler_decision_ms"] == 0.07
 
 
