@@ -95,14 +95,25 @@ def _keras_train_config(keras, params, index, x, y, xv, yv, epochs, seed):
     return {"params": params, "val_accuracy": accs, "val_loss": losses}
 
 
-def _lean_train_config(keras, params, index, x, y, xv, yv, epochs, seed):
-    """Train one configuration with the loop cerebro's workers run (``train_sub_epoch`` and
-    ``evaluate`` of :mod:`cerebro.frameworks.keras.train`: the model's compiled step over the rows
-    in a seeded order, the metrics reset and read in a graph), on all rows, in this process."""
+def _lean_train_config(keras, params, index, x, y, xv, yv, epochs, seed, *, cache=None):
+    """Train one configuration as cerebro's workers do, on all rows, in this process.
+
+    The loop is theirs (``train_sub_epoch`` and ``evaluate`` of
+    :mod:`cerebro.frameworks.keras.train`: the model's compiled step over the rows in a seeded
+    order, the metrics reset and read in a graph), and so is the reuse of a compiled model per
+    architecture (``cache``: width -> model): a configuration's fresh initial state (weights and
+    optimizer, its learning rate included) is loaded into the model built for its width, so
+    its train step is traced once per architecture, not once per configuration."""
+    from cerebro.frameworks.keras.state import state_from_bytes, state_to_bytes
     from cerebro.frameworks.keras.train import evaluate, train_sub_epoch
 
     keras.utils.set_random_seed(seed + index)
     model = wl.compile_keras(wl.keras_model(params, keras), params, keras)
+    if cache is not None:
+        built = cache.setdefault(int(params["width"]), model)
+        if built is not model:
+            state_from_bytes(built, state_to_bytes(model))
+            model = built
     # What cerebro's build decides for this model (only Keras' own layers, loss and metric):
     # no TensorFlow seed reset per pass.
     model._cerebro_runs_users_code = False
@@ -138,8 +149,13 @@ def run_sequential(jobs: list[dict], workers: int, out: str, *, lean: bool = Fal
         xv, yv = wl.load_split(Path(job["data"]) / "full" / "val")
         configs = _configs(job)
         c0, t0 = time.process_time(), time.perf_counter()
-        train = _lean_train_config if lean else _keras_train_config
-        recs = [train(keras, p, i, x, y, xv, yv, job["epochs"], job.get("seed", 0)) for i, p in enumerate(configs)]
+        if lean:
+            cache: dict = {}   # one compiled model per architecture, as a worker's ModelCache
+            recs = [_lean_train_config(keras, p, i, x, y, xv, yv, job["epochs"], job.get("seed", 0), cache=cache)
+                    for i, p in enumerate(configs)]
+        else:
+            recs = [_keras_train_config(keras, p, i, x, y, xv, yv, job["epochs"], job.get("seed", 0))
+                    for i, p in enumerate(configs)]
         span, cpu = time.perf_counter() - t0, time.process_time() - c0
         results.append(_job_record(job, span, cpu, recs, stored=wl.dir_bytes(Path(job["data"]) / "full"),
                                    moved=0, moved_how="none (one process)",
