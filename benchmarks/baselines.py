@@ -23,6 +23,11 @@ one JSON file; ``benchmarks.run`` starts them one after another, each in its own
 - ``mop-torch``: the same ``GridSearch`` on ``LocalBackend(p)`` with ``TorchEstimator``: the
   model, initial weights, optimizer, loss and batch size of ``ddp`` and ``horovod``, so that
   the all-reduce / MOP ratio compares one framework.
+- ``mop-asha``: cerebro's ``ASHASearch`` on ``LocalBackend(p)`` over the same configurations,
+  with the ASHA settings of ``ray-tune-asha``;
+- ``ray-tune``, ``ray-tune-asha``: Ray Tune (``ray[tune]``), a function trainable with the data
+  shared through ``tune.with_parameters``, p concurrent trials of 1 CPU each, each trial one
+  configuration trained with ``model.fit`` in a process of its own; FIFO or ``ASHAScheduler``.
 
 Data-parallel engines use the per-worker batch size of the configuration (a global batch of
 p x batch, the Horovod convention, which needs the fewest all-reduce steps) and the
@@ -54,7 +59,7 @@ import numpy as np
 from benchmarks import workload as wl
 
 ENGINES = ("sequential", "sequential-lean", "task-parallel", "model-averaging", "ddp", "horovod", "ps", "mop", "mop-spark",
-           "mop-torch")
+           "mop-torch", "mop-asha", "ray-tune", "ray-tune-asha")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -78,20 +83,24 @@ def _free_port() -> int:
 
 
 def _configs(job: dict) -> list[dict]:
-    configs = wl.configurations()
+    configs = wl.configurations(job.get("num_configs", 8))
     return configs[: job["max_configs"]] if job.get("max_configs") else configs
 
 
-def _keras_train_config(keras, params, index, x, y, xv, yv, epochs, seed):
-    """Train one configuration in this process (Keras 3), evaluating after every epoch."""
+def _keras_train_config(keras, params, index, x, y, xv, yv, epochs, seed, on_epoch=None):
+    """Train one configuration in this process (Keras 3), evaluating after every epoch.
+    ``on_epoch(epoch, loss, accuracy, seconds)`` is called after each (Ray Tune reports there)."""
     keras.utils.set_random_seed(seed + index)
     model = wl.compile_keras(wl.keras_model(params, keras), params, keras)
     accs, losses = [], []
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
         model.fit(x, y, batch_size=params["batch_size"], epochs=1, shuffle=True, verbose=0)
         loss, acc = model.evaluate(xv, yv, batch_size=1024, verbose=0)
         accs.append(float(acc))
         losses.append(float(loss))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, float(loss), float(acc), time.perf_counter() - t0)
     return {"params": params, "val_accuracy": accs, "val_loss": losses}
 
 
@@ -206,8 +215,9 @@ def run_task_parallel(jobs: list[dict], workers: int, out: str) -> None:
     records = []
     for j, job in enumerate(jobs):
         barrier.wait(timeout=600)  # every worker has its copy loaded
-        t0 = time.perf_counter()
-        got = [results.get(timeout=3600) for _ in range(workers)]
+        with wl.PeakRSS() as mem:
+            t0 = time.perf_counter()
+            got = [results.get(timeout=3600) for _ in range(workers)]
         span = max(g[2] for g in got) - t0
         recs = sorted((r for g in got for r in g[4]), key=lambda r: r[0])
         per_worker = [len(g[4]) for g in sorted(got, key=lambda g: g[1])]
@@ -217,7 +227,7 @@ def run_task_parallel(jobs: list[dict], workers: int, out: str) -> None:
         records.append(_job_record(
             job, span, sum(g[3] for g in got), [r[1] for r in recs], stored=stored,
             moved=replicas, moved_how="computed: p full copies of the training data shipped to the workers",
-            rows=x_rows * job["epochs"] * len(recs), configs_per_worker=per_worker))
+            rows=x_rows * job["epochs"] * len(recs), configs_per_worker=per_worker, peak_rss_bytes=mem.peak_bytes))
         barrier.wait(timeout=600)
     for p in procs:
         p.join(timeout=60)
@@ -227,12 +237,41 @@ def run_task_parallel(jobs: list[dict], workers: int, out: str) -> None:
 # ---------------------------------------------------------------------------- torchrun-launched engines
 
 def _launch_torchrun(engine: str, jobs_path: str, workers: int, out: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={workers}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "benchmarks.baselines", f"{engine}-rank", "--jobs", jobs_path, "--out", out,
-           "--workers", str(workers)]
+    """The ranks of ``engine`` (``ddp``, ``model-averaging``): ``torchrun`` on 127.0.0.1, or with
+    ``CEREBRO_BENCH_NETWORK`` set each rank in a host of its own of an emulated network."""
+    from benchmarks import netem
+
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(cmd, check=True, env=env)
+    rank_cmd = ["-m", "benchmarks.baselines", f"{engine}-rank", "--jobs", jobs_path, "--out", out,
+                "--workers", str(workers)]
+    rate = netem.network_rate()
+    if rate is None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={workers}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *rank_cmd]
+        subprocess.run(cmd, check=True, env=env)
+        _tag_network(out, "loopback")
+        return
+    with netem.EmulatedNetwork(workers, rate) as net:
+        ranks = []
+        for i in range(workers):
+            # What torchrun gives a rank with one process per node (--nnodes=p --nproc_per_node=1);
+            # rank 0 hosts the rendezvous store.  Each namespace has its own ports: 29500 is free.
+            rank_env = {**env, "RANK": str(i), "WORLD_SIZE": str(workers), "LOCAL_RANK": "0",
+                        "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": str(i), "ROLE_RANK": str(i),
+                        "ROLE_WORLD_SIZE": str(workers), "MASTER_ADDR": net.address(0), "MASTER_PORT": "29500",
+                        "GLOO_SOCKET_IFNAME": net.iface(i)}
+            ranks.append((f"{engine} rank {i}", net.start(i, [sys.executable, *rank_cmd], rank_env)))
+        netem.supervise(ranks)
+        _tag_network(out, net.describe())
+
+
+def _tag_network(out: str, network: str) -> None:
+    """Record in every job of the engine's output (written by rank 0) the network it ran on."""
+    with open(out) as fh:
+        result = json.load(fh)
+    for job in result.get("jobs", []):
+        job["network"] = network
+    _write(out, result)
 
 
 def _shard(job, rank):
@@ -427,12 +466,17 @@ def run_horovod_rank(jobs: list[dict], workers: int, out: str) -> None:
 
 
 def run_horovod(jobs_path: str, workers: int, out: str) -> None:
+    from benchmarks import netem
+
+    if netem.network_rate() is not None:
+        raise RuntimeError(netem.HOROVOD_REASON)
     horovodrun = Path(sys.executable).with_name("horovodrun")
     cmd = [str(horovodrun), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo",
            sys.executable, "-m", "benchmarks.baselines", "horovod-rank", "--jobs", jobs_path, "--out", out,
            "--workers", str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HOROVOD_GLOO_IFACE": "lo"}
     subprocess.run(cmd, check=True, env=env)
+    _tag_network(out, "loopback")
 
 
 # ---------------------------------------------------------------------------- parameter server
@@ -451,84 +495,24 @@ def run_ps_server(cluster: dict, job_name: str, index: int) -> None:
 
 
 def run_ps(jobs: list[dict], workers: int, out: str) -> None:
+    """p worker servers + 1 parameter server on 127.0.0.1, this process the coordinator; with
+    ``CEREBRO_BENCH_NETWORK`` set, :func:`_run_ps_emulated`."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     wl.limit_threads(1)
+    from benchmarks import netem
+
+    rate = netem.network_rate()
+    if rate is not None:
+        _run_ps_emulated(jobs, workers, out, rate)
+        return
     cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(workers)],
                "ps": [f"127.0.0.1:{_free_port()}"], "chief": [f"127.0.0.1:{_free_port()}"]}
     servers = []
-    for job_name, n in (("worker", workers), ("ps", 1)):
-        for i in range(n):
-            servers.append(subprocess.Popen([sys.executable, "-m", "benchmarks.baselines", "ps-server", "--cluster",
-                                             json.dumps(cluster), "--job-name", job_name, "--index", str(i)],
-                                            env={**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}))
     try:
-        import psutil
-    except ImportError:  # CPU time of the servers is then not reported
-        psutil = None
-    try:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        import tf_keras
-
-        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-            tf.train.ClusterSpec(cluster), task_type="chief", task_id=0, rpc_layer="grpc")
-        strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
-        records = []
-        for job in jobs:
-            data = Path(job["data"])
-            xv, yv = wl.load_split(data / "full" / "val")
-            n_train = wl.load_split(data / "full" / "train")[0].shape[0]
-            train_prefix = str(data / "full" / "train")
-            configs = _configs(job)
-
-            def cpu_now():
-                if psutil is None:
-                    return 0.0
-                total = 0.0
-                for p in servers:
-                    try:
-                        t = psutil.Process(p.pid).cpu_times()
-                        total += t.user + t.system
-                    except psutil.Error:
-                        pass
-                return total
-
-            c0, t0 = cpu_now(), time.perf_counter()
-            recs, moved = [], 0
-            for i, params in enumerate(configs):
-                b = params["batch_size"]
-
-                def dataset_fn(input_context, b=b, seed=job.get("seed", 0) + i):
-                    # Runs on the worker: each reads the shared training file and takes its shard.
-                    x = tf.reshape(tf.io.decode_raw(tf.io.read_file(train_prefix + "/x.f32"), tf.float32),
-                                   [-1, wl.NUM_FEATURES])
-                    y = tf.io.decode_raw(tf.io.read_file(train_prefix + "/y.i64"), tf.int64)
-                    ds = tf.data.Dataset.from_tensor_slices((x, y))
-                    ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-                    return ds.shuffle(8192, seed=seed).repeat().batch(b).prefetch(2)
-
-                tf_keras.utils.set_random_seed(job.get("seed", 0) + i)
-                with strategy.scope():
-                    model = wl.compile_keras(wl.keras_model(params, tf_keras), params, tf_keras)
-                local = wl.compile_keras(wl.keras_model(params, tf_keras), params, tf_keras)
-                steps = -(-n_train // b)  # one epoch of rows, each step one batch on one worker
-                accs, losses = [], []
-                for _ in range(job["epochs"]):
-                    model.fit(tf_keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
-                              steps_per_epoch=steps, verbose=0)
-                    local.set_weights(model.get_weights())
-                    loss, acc = local.evaluate(xv, yv, batch_size=1024, verbose=0)
-                    accs.append(float(acc))
-                    losses.append(float(loss))
-                moved += 2 * 4 * wl.num_parameters(params) * steps * job["epochs"]  # pull + push per step
-                recs.append({"params": params, "val_accuracy": accs, "val_loss": losses})
-            span = time.perf_counter() - t0
-            records.append(_job_record(job, span, cpu_now() - c0, recs, stored=wl.dir_bytes(data / "full"),
-                                       moved=moved, moved_how="computed: 2 x model size x steps (pull + push)",
-                                       rows=n_train * job["epochs"] * len(configs),
-                                       cpu_covers="worker and ps servers (not the coordinator)"))
-        _write(out, {"system": "ps", "workers": workers, "jobs": records})
+        for job_name, n in (("worker", workers), ("ps", 1)):
+            for i in range(n):
+                servers.append(subprocess.Popen(_ps_server_cmd(cluster, job_name, i), env=_ps_env()))
+        _ps_coordinate(jobs, workers, out, cluster, [p.pid for p in servers], "loopback")
     finally:
         for p in servers:
             p.kill()
@@ -536,11 +520,228 @@ def run_ps(jobs: list[dict], workers: int, out: str) -> None:
             p.wait()
 
 
+def _ps_server_cmd(cluster: dict, job_name: str, index: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.baselines", "ps-server", "--cluster", json.dumps(cluster),
+            "--job-name", job_name, "--index", str(index)]
+
+
+def _ps_env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+#: The coordinator of an emulated run, started in its namespace: ``_ps_coordinate(*argv[1])``.
+_PS_COORDINATOR = ("import json, sys; from benchmarks.baselines import _ps_coordinate; "
+                   "_ps_coordinate(*json.loads(sys.argv[1]))")
+
+
+def _run_ps_emulated(jobs: list[dict], workers: int, out: str, rate: str) -> None:
+    """The parameter server in an emulated network of p + 2 hosts: worker server i in host i,
+    the parameter server in host p, the coordinator (the chief: it dispatches every step to a
+    worker and reads the weights back for evaluation) in host p + 1, a machine of its own as in
+    TF's ParameterServerStrategy deployments, so its traffic crosses a link without sharing
+    the parameter server's."""
+    from benchmarks import netem
+
+    port = 2222  # every namespace has its own ports
+    with netem.EmulatedNetwork(workers + 2, rate) as net:
+        hosts = [net.address(i) for i in range(workers + 2)]
+        cluster = {"worker": [f"{h}:{port}" for h in hosts[:workers]], "ps": [f"{hosts[workers]}:{port}"],
+                   "chief": [f"{hosts[workers + 1]}:{port}"]}
+        # gRPC honours http(s)_proxy: the emulated hosts must be reached directly.
+        direct = ",".join(filter(None, [os.environ.get("no_proxy", ""), *hosts]))
+        env = _ps_env(no_proxy=direct, NO_PROXY=direct)
+        servers = [(f"worker server {i}", net.start(i, _ps_server_cmd(cluster, "worker", i), env))
+                   for i in range(workers)]
+        servers.append(("parameter server", net.start(workers, _ps_server_cmd(cluster, "ps", 0), env)))
+        network = net.describe() + "; the coordinator in a host of its own"
+        args = [jobs, workers, out, cluster, [p.pid for _, p in servers], network]
+        coordinator = net.start(workers + 1, [sys.executable, "-c", _PS_COORDINATOR, json.dumps(args)], env)
+        netem.supervise([("ps coordinator", coordinator)], daemons=servers)
+
+
+def _ps_coordinate(jobs: list[dict], workers: int, out: str, cluster: dict, server_pids: list[int],
+                   network: str) -> None:
+    """The coordinator of ``run_ps``: trains every configuration on the cluster's servers and
+    writes the output; ``server_pids``: the servers whose CPU time is reported."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    wl.limit_threads(1)
+    try:
+        import psutil
+    except ImportError:  # CPU time of the servers is then not reported
+        psutil = None
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    import tf_keras
+
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type="chief", task_id=0, rpc_layer="grpc")
+    strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
+    records = []
+    for job in jobs:
+        data = Path(job["data"])
+        xv, yv = wl.load_split(data / "full" / "val")
+        n_train = wl.load_split(data / "full" / "train")[0].shape[0]
+        train_prefix = str(data / "full" / "train")
+        configs = _configs(job)
+
+        def cpu_now():
+            if psutil is None:
+                return 0.0
+            total = 0.0
+            for pid in server_pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            return total
+
+        c0, t0 = cpu_now(), time.perf_counter()
+        recs, moved = [], 0
+        for i, params in enumerate(configs):
+            b = params["batch_size"]
+
+            def dataset_fn(input_context, b=b, seed=job.get("seed", 0) + i):
+                # Runs on the worker: each reads the shared training file and takes its shard.
+                x = tf.reshape(tf.io.decode_raw(tf.io.read_file(train_prefix + "/x.f32"), tf.float32),
+                               [-1, wl.NUM_FEATURES])
+                y = tf.io.decode_raw(tf.io.read_file(train_prefix + "/y.i64"), tf.int64)
+                ds = tf.data.Dataset.from_tensor_slices((x, y))
+                ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+                return ds.shuffle(8192, seed=seed).repeat().batch(b).prefetch(2)
+
+            tf_keras.utils.set_random_seed(job.get("seed", 0) + i)
+            with strategy.scope():
+                model = wl.compile_keras(wl.keras_model(params, tf_keras), params, tf_keras)
+            local = wl.compile_keras(wl.keras_model(params, tf_keras), params, tf_keras)
+            steps = -(-n_train // b)  # one epoch of rows, each step one batch on one worker
+            accs, losses = [], []
+            for _ in range(job["epochs"]):
+                model.fit(tf_keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
+                          steps_per_epoch=steps, verbose=0)
+                local.set_weights(model.get_weights())
+                loss, acc = local.evaluate(xv, yv, batch_size=1024, verbose=0)
+                accs.append(float(acc))
+                losses.append(float(loss))
+            moved += 2 * 4 * wl.num_parameters(params) * steps * job["epochs"]  # pull + push per step
+            recs.append({"params": params, "val_accuracy": accs, "val_loss": losses})
+        span = time.perf_counter() - t0
+        records.append(_job_record(job, span, cpu_now() - c0, recs, stored=wl.dir_bytes(data / "full"),
+                                   moved=moved, moved_how="computed: 2 x model size x steps (pull + push)",
+                                   rows=n_train * job["epochs"] * len(configs),
+                                   cpu_covers="worker and ps servers (not the coordinator)",
+                                   network=network))
+    _write(out, {"system": "ps", "workers": workers, "jobs": records})
+
+
+# ---------------------------------------------------------------------------- Ray Tune
+
+#: ASHA's settings, the same for Ray Tune's ``ASHAScheduler`` and cerebro's ``ASHASearch``:
+#: rungs at 1, 3, 9, ... epochs (and the last epoch), the top third promoted.
+ASHA_GRACE_PERIOD = 1
+ASHA_REDUCTION_FACTOR = 3
+
+
+def _ray_trial(config, x=None, y=None, xv=None, yv=None, job=None):
+    """One Ray Tune trial: one configuration trained with ``model.fit`` on all rows in this
+    trial's process (Ray starts one per trial), reporting after every epoch.  The data
+    arrives through ``tune.with_parameters``: one copy in the node's object store, read
+    without a copy by every trial on the node."""
+    from ray import tune
+
+    c0 = time.process_time()
+    wl.limit_threads(1)
+    import tensorflow as tf
+
+    wl.limit_tf_threads(tf)
+    import keras
+
+    index = int(config["index"])
+    setup = {"setup_cpu_s": time.process_time() - c0}
+    work = [0.0]
+
+    def report(epoch, loss, acc, seconds):
+        work[0] += seconds
+        tune.report({"val_accuracy": acc, "val_loss": loss, "index": index, "work_s": work[0],
+                     "cpu_s": time.process_time(), **setup})
+
+    _keras_train_config(keras, _configs(job)[index], index, x, y, xv, yv, job["epochs"], job.get("seed", 0),
+                        on_epoch=report)
+
+
+def run_ray_tune(jobs: list[dict], workers: int, out: str, *, asha: bool = False) -> None:
+    """Ray Tune the way its documentation trains Keras models: a function trainable, the data
+    shared through ``tune.with_parameters``, ``workers`` concurrent trials of 1 CPU each, a
+    grid over the configurations; FIFO (every trial runs every epoch) or ``ASHAScheduler``."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    wl.limit_threads(1)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+                                       "PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    init_s = time.perf_counter() - t0
+    records = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="cerebro-bench-ray-") as tmp:
+            for job in jobs:
+                x, y = wl.load_split(Path(job["data"]) / "full" / "train")
+                xv, yv = wl.load_split(Path(job["data"]) / "full" / "val")
+                configs = _configs(job)
+                epochs = job["epochs"]
+                scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                           grace_period=min(ASHA_GRACE_PERIOD, epochs),
+                                           reduction_factor=ASHA_REDUCTION_FACTOR)
+                             if asha else FIFOScheduler())
+                trainable = tune.with_resources(tune.with_parameters(_ray_trial, x=x, y=y, xv=xv, yv=yv, job=job),
+                                                {"cpu": 1})
+                tuner = tune.Tuner(
+                    trainable, param_space={"index": tune.grid_search(list(range(len(configs))))},
+                    tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=scheduler,
+                                                max_concurrent_trials=workers),
+                    run_config=tune.RunConfig(name=job["tag"], storage_path=tmp, verbose=0))
+                with wl.PeakRSS() as mem:
+                    start = time.perf_counter()
+                    grid = tuner.fit()
+                    span = time.perf_counter() - start
+                recs, work, cpu, setup_cpu, trained = [], 0.0, 0.0, 0.0, 0
+                for result in grid:
+                    if result.error:
+                        raise RuntimeError(f"Ray Tune trial {result.config} failed: {result.error}")
+                    hist = result.metrics_dataframe.sort_values("training_iteration")
+                    index = int(result.config["index"])
+                    recs.append({"params": configs[index], "val_accuracy": [float(v) for v in hist["val_accuracy"]],
+                                 "val_loss": [float(v) for v in hist["val_loss"]]})
+                    work += float(hist["work_s"].iloc[-1])
+                    cpu += float(hist["cpu_s"].iloc[-1])
+                    setup_cpu += float(hist["setup_cpu_s"].iloc[-1])
+                    trained += len(hist)
+                recs.sort(key=lambda r: wl.config_index(r["params"]))
+                object_bytes = x.nbytes + y.nbytes + xv.nbytes + yv.nbytes
+                records.append(_job_record(
+                    job, span, cpu, recs, stored=wl.dir_bytes(Path(job["data"]) / "full"),
+                    moved=object_bytes, rows=len(x) * trained,
+                    moved_how="computed: one copy of the data into the node's object store (on a cluster, one per node)",
+                    busy_fraction=work / (workers * span),
+                    busy_how="model.fit + evaluate time in the trials / (p x span)",
+                    config_epochs=trained, peak_rss_bytes=mem.peak_bytes, object_store_bytes=int(object_bytes),
+                    trial_setup_cpu_s=setup_cpu, ray_init_s=init_s, workers=workers,
+                    scheduler="ASHA" if asha else "FIFO"))
+    finally:
+        ray.shutdown()
+    _write(out, {"system": "ray-tune-asha" if asha else "ray-tune", "workers": workers, "jobs": records})
+
+
 # ---------------------------------------------------------------------------- MOP
 
-def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False, framework: str = "keras") -> None:
+def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False, framework: str = "keras",
+            asha: bool = False) -> None:
     """MOP: ``GridSearch`` over the workload's grid; ``framework`` "keras" (``KerasEstimator``)
-    or "torch" (``TorchEstimator``, the DDP/Horovod model)."""
+    or "torch" (``TorchEstimator``, the DDP/Horovod model); ``asha``: ``ASHASearch`` over the
+    same configurations instead (:class:`_GridASHASearch`), Ray Tune's ASHA's settings."""
     wl.limit_threads(1)
     import functools
 
@@ -548,7 +749,7 @@ def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False, fr
 
     import cerebro
 
-    system = "mop-spark" if spark else "mop-torch" if framework == "torch" else "mop"
+    system = "mop-spark" if spark else "mop-torch" if framework == "torch" else "mop-asha" if asha else "mop"
     if spark:
         # The session the demo and the tests use: loopback only, this interpreter on the executors.
         from cerebro.backends.spark_session import local_session
@@ -570,20 +771,64 @@ def run_mop(jobs: list[dict], workers: int, out: str, *, spark: bool = False, fr
             store_dir = os.path.join(tmp, job["tag"])
             gen_fn = (functools.partial(wl.make_torch_estimator, seed=job.get("seed", 0)) if framework == "torch"
                       else wl.make_estimator)
-            search = cerebro.GridSearch(backend, cerebro.LocalStore(store_dir), gen_fn, space,
-                                        num_epochs=job["epochs"], evaluation_metric="accuracy", validation="is_val",
-                                        seed=job.get("seed", 0) or 2020, scheduler=job.get("scheduler", "dynamic"),
-                                        verbose=0, tensorboard=False, experiment_name=job["tag"])
-            t0 = time.perf_counter()
-            result = search.fit(df)
-            fit_wall = time.perf_counter() - t0
+            common = dict(evaluation_metric="accuracy", validation="is_val", seed=job.get("seed", 0) or 2020,
+                          scheduler=job.get("scheduler", "dynamic"), verbose=0, tensorboard=False,
+                          experiment_name=job["tag"])
+            if asha:
+                search = _grid_asha_search(backend, cerebro.LocalStore(store_dir), gen_fn, space, configs,
+                                           job["epochs"], **common)
+            else:
+                search = cerebro.GridSearch(backend, cerebro.LocalStore(store_dir), gen_fn, space,
+                                            num_epochs=job["epochs"], **common)
+            with wl.PeakRSS() as mem:
+                t0 = time.perf_counter()
+                result = search.fit(df)
+                fit_wall = time.perf_counter() - t0
             records.append(_mop_record(job, result, fit_wall, store_dir, workers))
+            records[-1]["peak_rss_bytes"] = mem.peak_bytes
             records[-1]["frameworks"] = sorted({m.framework for m in result.models.values()})
             # The same rows in the baselines' raw float32 format: what the storage ratio compares.
             records[-1]["raw_data_bytes"] = wl.dir_bytes(data / "full")
     if spark:
         session.stop()
     _write(out, {"system": system, "workers": workers, "jobs": records})
+
+
+def _grid_asha_search(backend, store, gen_fn, space, configs, epochs, **common):
+    """``cerebro.ASHASearch`` over exactly ``configs``, in order (ASHASearch samples its
+    configurations from the space; Ray Tune's grid gives each configuration once), with the
+    ASHA settings Ray Tune's scheduler gets.  A custom driver, plugged in the documented way
+    (docs/search_drivers.md): a ModelSelection subclass whose ``_make_driver`` returns it."""
+    import cerebro
+    from cerebro.drivers.asha import ASHADriver
+
+    class GridASHADriver(ASHADriver):
+        def __init__(self):
+            super().__init__(len(configs), epochs, min(ASHA_GRACE_PERIOD, epochs), ASHA_REDUCTION_FACTOR)
+            self.issued = 0
+
+        def suggest(self, num_active):
+            out = super().suggest(num_active)  # ASHA decides how many start now
+            if not out:
+                return out
+            grid = [dict(c) for c in configs[self.issued: self.issued + len(out)]]
+            self.issued += len(grid)
+            return grid
+
+        def get_state(self):
+            return {**super().get_state(), "issued": self.issued}
+
+        def set_state(self, state):
+            super().set_state(state)
+            self.issued = int(state["issued"])
+
+    class GridASHASearch(cerebro.ASHASearch):
+        def _make_driver(self):
+            return GridASHADriver()
+
+    return GridASHASearch(backend, store, gen_fn, space, num_models=len(configs), max_epochs=epochs,
+                          grace_period=min(ASHA_GRACE_PERIOD, epochs), reduction_factor=ASHA_REDUCTION_FACTOR,
+                          **common)
 
 
 def _mop_record(job, result, fit_wall, store_dir, workers) -> dict:
@@ -607,6 +852,7 @@ def _mop_record(job, result, fit_wall, store_dir, workers) -> dict:
         job, span, None, recs, stored=stored, moved=moved,
         moved_how="measured: checkpoint bytes x (writes + reads on another worker), from visits and checkpoint files",
         rows=int(train.rows.sum()), fit_wall_s=fit_wall, busy_fraction=work / (workers * span),
+        config_epochs=int(len(result.history)),
         # A hop is the state's trip (saved, then loaded on the next worker); building a model's
         # architecture, which a worker does once and then keeps, is counted apart.
         hop_share=float((train.load_s - train.build_s + train.save_s).sum() / train.compute_s.sum()),
@@ -691,6 +937,10 @@ def main(argv=None) -> int:
         run_mop(jobs, args.workers, args.out, spark=args.engine == "mop-spark")
     elif args.engine == "mop-torch":
         run_mop(jobs, args.workers, args.out, framework="torch")
+    elif args.engine == "mop-asha":
+        run_mop(jobs, args.workers, args.out, asha=True)
+    elif args.engine in ("ray-tune", "ray-tune-asha"):
+        run_ray_tune(jobs, args.workers, args.out, asha=args.engine == "ray-tune-asha")
     return 0
 
 

@@ -59,7 +59,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SYSTEMS = ("sequential", "sequential-lean", "mop", "mop-spark", "mop-torch", "task-parallel", "horovod", "ddp", "ps", "model-averaging")
+SYSTEMS = ("sequential", "sequential-lean", "mop", "mop-spark", "mop-torch", "task-parallel", "horovod", "ddp", "ps",
+           "model-averaging", "ray-tune", "mop-asha", "ray-tune-asha")
+#: Systems that run a search (ASHA) instead of every configuration for every epoch: they run
+#: one "search" job (the time data, ``asha_epochs`` epochs at most), timed as a whole.
+SEARCH_SYSTEMS = ("mop-asha", "ray-tune-asha")
 LABELS = {
     "sequential": "Sequential (1 process)",
     "sequential-lean": "Sequential, cerebro's training loop (1 process)",
@@ -71,22 +75,26 @@ LABELS = {
     "ddp": "All-reduce: PyTorch DDP / Gloo",
     "ps": "Parameter server: TF ParameterServerStrategy",
     "model-averaging": "Model averaging (per epoch)",
+    "ray-tune": "Ray Tune 2.60, FIFO (a process per trial)",
+    "mop-asha": "MOP, ASHASearch (cerebro, LocalBackend)",
+    "ray-tune-asha": "Ray Tune 2.60, ASHAScheduler",
 }
 PROFILES = {
     # --quick leaves out MOP-on-Spark's accuracy run to stay under 10 minutes: with the
     # deterministic scheduler SparkBackend trains bit-identical models to LocalBackend
     # (tests/integration/test_spark_backend.py), so it would repeat MOP (Local)'s figures.
     "quick": {"rows": 50000, "epochs": 1, "accuracy_epochs": 4, "repeats": 1, "timeout": 400,
-              "accuracy_skip": ["mop-spark"], "fixed_cost_epochs": 20},
+              "accuracy_skip": ["mop-spark"], "fixed_cost_epochs": 20, "asha_epochs": 3},
     "full": {"rows": 60000, "epochs": 2, "accuracy_epochs": 10, "repeats": 3, "timeout": 1800,
-             "fixed_cost_epochs": 40},
+             "fixed_cost_epochs": 40, "asha_epochs": 9},
     "smoke": {"rows": 2000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "timeout": 300, "max_configs": 2,
-              "fixed_cost_epochs": 5},
+              "fixed_cost_epochs": 5, "asha_epochs": 2},
 }
 SHORT = {"sequential": "Sequential", "sequential-lean": "Sequential (lean)", "mop": "MOP (Local)",
          "mop-spark": "MOP (Spark)", "mop-torch": "MOP (torch)",
          "task-parallel": "Task parallel",
-         "horovod": "Horovod", "ddp": "PyTorch DDP", "ps": "Parameter server", "model-averaging": "Model averaging"}
+         "horovod": "Horovod", "ddp": "PyTorch DDP", "ps": "Parameter server", "model-averaging": "Model averaging",
+         "ray-tune": "Ray Tune", "mop-asha": "MOP ASHA", "ray-tune-asha": "Ray Tune ASHA"}
 SUMMARY_KEYS = (
     "mop_busy_fraction", "allreduce_over_mop", "horovod_over_mop", "ddp_over_mop", "horovod_over_mop_torch",
     "ddp_over_mop_torch", "ps_over_mop",
@@ -94,6 +102,8 @@ SUMMARY_KEYS = (
     "model_averaging_accuracy_gap_vs_sequential", "scheduler_makespan_over_lower_bound",
     "randomized_makespan_over_lower_bound", "scheduler_decision_ms", "hop_share", "build_share",
     "throughput_over_physical_limit", "throughput_over_p_sequential_fit",
+    "ray_tune_over_mop", "ray_tune_asha_over_mop_asha", "ray_tune_busy_fraction", "ray_tune_memory_over_mop",
+    "ray_tune_asha_memory_over_mop_asha",
     "sub_epoch_fixed_cost_ms", "sub_epoch_fixed_cost_ms_torch", "visit_fixed_cost_ms", "visit_fixed_cost_ms_torch",
 )
 GOALS = {
@@ -116,6 +126,10 @@ PAIRED_RATIOS = {
     "throughput_over_physical_limit": ("mop", "sequential-lean", "rows_per_s"),  # then / p
     # The same against p x one process training with Keras' own model.fit (sequential).
     "throughput_over_p_sequential_fit": ("mop", "sequential", "rows_per_s"),  # then / p
+    "ray_tune_over_mop": ("ray-tune", "mop", "epoch_s"),
+    # The whole search, from the first trial to the last evaluation (the two ASHAs may train
+    # different numbers of configuration-epochs: see config_epochs in results.json).
+    "ray_tune_asha_over_mop_asha": ("ray-tune-asha", "mop-asha", "search_s"),
 }
 FIXED_COST_FRAMEWORKS = ("keras", "torch")
 
@@ -131,6 +145,9 @@ def availability(workers: int) -> dict[str, str | None]:
             out[s] = "torch is not installed (python -m benchmarks.setup_baselines)"
     if not have["tf_keras"]:
         out["ps"] = "tf_keras is not installed (python -m benchmarks.setup_baselines)"
+    if importlib.util.find_spec("ray") is None:
+        for s in ("ray-tune", "ray-tune-asha"):
+            out[s] = "ray[tune] is not installed (python -m benchmarks.setup_baselines)"
     if out["horovod"] is None:
         out["horovod"] = horovod_unavailable()
     try:
@@ -174,14 +191,16 @@ def prepare_data(root: Path, rows: int, workers: int) -> dict[str, str]:
     return {"time": str(root / "generated"), "accuracy": str(root / "digits")}
 
 
-def run_engine(system: str, jobs: list[dict], workers: int, tmp: Path, timeout: float, log_dir: Path) -> dict:
-    """Run one engine in its own process group; its JSON, or {"error": ...} (never raises)."""
+def run_engine(system: str, jobs: list[dict], workers: int, tmp: Path, timeout: float, log_dir: Path,
+               env: dict | None = None, log_name: str | None = None) -> dict:
+    """Run one engine in its own process group; its JSON, or {"error": ...} (never raises).
+    ``env``: extra environment (``CEREBRO_BENCH_NETWORK`` for the emulated network)."""
     jobs_path = tmp / f"{system}-jobs-{time.time_ns()}.json"
     out = tmp / f"{system}-out-{time.time_ns()}.json"
     jobs_path.write_text(json.dumps(jobs))
     cmd = [sys.executable, "-m", "benchmarks.baselines", system, "--jobs", str(jobs_path), "--out", str(out),
            "--workers", str(workers)]
-    return run_json_command(cmd, out, log_dir / f"{system}.log", timeout)
+    return run_json_command(cmd, out, log_dir / f"{log_name or system}.log", timeout, env=env)
 
 
 def run_fixed_cost(framework: str, workers: int, epochs: int, tmp: Path, timeout: float, log_dir: Path) -> dict:
@@ -192,11 +211,11 @@ def run_fixed_cost(framework: str, workers: int, epochs: int, tmp: Path, timeout
     return run_json_command(cmd, out, log_dir / f"fixed-cost-{framework}.log", timeout)
 
 
-def run_json_command(cmd: list[str], out: Path, log: Path, timeout: float) -> dict:
+def run_json_command(cmd: list[str], out: Path, log: Path, timeout: float, env: dict | None = None) -> dict:
     """Run ``cmd`` (which writes JSON to ``out``) in its own process group, output to ``log``;
     the JSON plus ``wall_s``, or {"error": why, "wall_s": ...} (never raises)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+           "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
     started = time.perf_counter()
     with open(log, "a") as fh:
         fh.write(f"\n# {' '.join(cmd)}\n")
@@ -212,6 +231,10 @@ def run_json_command(cmd: list[str], out: Path, log: Path, timeout: float) -> di
             except ProcessLookupError:
                 pass
             proc.wait()
+            if (env or {}).get("CEREBRO_BENCH_NETWORK"):
+                from benchmarks import netem
+
+                netem.cleanup_stale()  # the namespaces of an engine killed before its teardown
     wall = time.perf_counter() - started
     if rc is None:
         return {"error": f"timed out after {timeout:.0f} s (log: {log})", "wall_s": wall}
@@ -251,7 +274,10 @@ def run_all(profile: dict, workers: int, systems: list[str], out_dir: Path, log=
         for r, system in run_order([s for s in systems if not avail.get(s)], profile["repeats"]):
             jobs = [{"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
                      "scheduler": "dynamic"}]
-            if r == 0 and system not in profile.get("accuracy_skip", ()):
+            if system in SEARCH_SYSTEMS:
+                jobs = [{"tag": "search", "data": data["time"], "epochs": profile["asha_epochs"], "seed": 2020,
+                         "scheduler": "dynamic"}]
+            elif r == 0 and system not in profile.get("accuracy_skip", ()):
                 jobs.append({"tag": "accuracy", "data": data["accuracy"], "epochs": profile["accuracy_epochs"],
                              "seed": 2020, "scheduler": "deterministic"})
             for job in jobs:
@@ -296,6 +322,94 @@ def fixed_cost_all(workers: int, epochs: int, out_dir: Path, log=print, timeout:
     return {"figures": figures, "errors": errors, "unavailable": unavailable}
 
 
+# ---------------------------------------------------------------------------- emulated network
+
+#: The data-parallel systems whose ranks run in separate namespaces under ``--network``.
+NETWORK_SYSTEMS = ("ddp", "model-averaging", "ps", "horovod")
+
+
+def network_all(rates: list[str], systems: list[str], profile: dict, workers: int, out_dir: Path,
+                log=print) -> dict:
+    """The data-parallel ``systems`` once per rate with ``CEREBRO_BENCH_NETWORK=<rate>``
+    (benchmarks.netem: each rank in a namespace of its own, links shaped with tbf), on the time
+    job.  Returns {"runs": {rate: {system: figures}}, "errors", "unavailable"}."""
+    from benchmarks import netem
+
+    out: dict = {"runs": {}, "errors": {}, "unavailable": {}}
+    why = netem.unavailable()
+    if why:
+        out["unavailable"]["network"] = why
+        log(f"# emulated network: unavailable: {why}")
+        return out
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cerebro-bench-net-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = prepare_data(tmp / "data", profile["rows"], workers)
+        for rate in rates:
+            out["runs"][rate] = {}
+            for system in systems:
+                reason = netem.engine_unavailable(system) if system != "horovod" else netem.HOROVOD_REASON
+                if reason:
+                    out["unavailable"][f"{system} at {rate}"] = reason
+                    log(f"# {system} at {rate}: unavailable: {reason[:120]}")
+                    continue
+                job = {"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
+                       "scheduler": "dynamic", **({"max_configs": profile["max_configs"]} if profile.get("max_configs") else {})}
+                log(f"# {system} over an emulated {rate} network ...")
+                res = run_engine(system, [job], workers, tmp, profile["timeout"], log_dir,
+                                 env={netem.ENV: rate}, log_name=f"{system}-{rate}")
+                if "error" in res:
+                    out["errors"][f"{system} at {rate}"] = res["error"]
+                    log(f"#   {system} at {rate} FAILED: {res['error']}")
+                    continue
+                out["runs"][rate][system] = system_figures(system, [res], workers)
+                out["runs"][rate][system]["network"] = res["jobs"][0].get("network")
+                log(f"#   {system} at {rate}: {out['runs'][rate][system]['epoch_s']:.1f} s / epoch")
+    return out
+
+
+def network_summary(net: dict, figures: dict, workers: int) -> dict:
+    """Per rate: each emulated system's s / epoch, MOP's with its measured hop bytes charged at
+    the rate (``netem.charged_epoch_s``: charged, not emulated), and their ratio; the loopback
+    figures beside (pure)."""
+    from benchmarks import netem
+
+    mop = figures.get("mop") or {}
+    table: dict = {}
+    for rate, runs in net.get("runs", {}).items():
+        row: dict = {}
+        mop_s = None
+        if mop.get("epoch_s") is not None:
+            mop_s = netem.charged_epoch_s(mop["epoch_s"], mop.get("bytes_moved_per_epoch") or 0, workers,
+                                          netem.parse_rate(rate))
+        row["mop_charged_epoch_s"] = mop_s
+        for system, g in runs.items():
+            row[f"{system}_epoch_s"] = g.get("epoch_s")
+            row[f"{system}_over_mop"] = _ratio(g.get("epoch_s"), mop_s)
+        table[rate] = row
+    loop = {"mop_charged_epoch_s": mop.get("epoch_s")}
+    for system in NETWORK_SYSTEMS:
+        if (figures.get(system) or {}).get("epoch_s") is not None:
+            loop[f"{system}_epoch_s"] = figures[system]["epoch_s"]
+            loop[f"{system}_over_mop"] = _ratio(figures[system]["epoch_s"], mop.get("epoch_s"))
+    return {"loopback": loop, **table} if table else {}
+
+
+def network_lines(table: dict) -> list[str]:
+    if not table:
+        return []
+    systems = [s for s in NETWORK_SYSTEMS if any(f"{s}_epoch_s" in row for row in table.values())]
+    lines = ["", "Emulated network (data-parallel ranks in separate namespaces, veth links shaped with tbf; "
+             "MOP's measured hop bytes charged at the link rate, not emulated): s / epoch, and / MOP", "",
+             "| network | MOP (charged) | " + " | ".join(SHORT[s] for s in systems) + " |",
+             "|---|---:|" + "---:|" * len(systems)]
+    for rate, row in table.items():
+        cells = [f"{_fmt(row.get(f'{s}_epoch_s'), 1)} ({_fmt(row.get(f'{s}_over_mop'), 2)}x)" for s in systems]
+        lines.append(f"| {rate} | {_fmt(row.get('mop_charged_epoch_s'), 2)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # ---------------------------------------------------------------------------- arithmetic (pure)
 
 def _median(values):
@@ -327,9 +441,13 @@ def system_figures(system: str, runs: list[dict], workers: int) -> dict:
             fig["hop_share"] = _median([j.get("hop_share") for j in timed])
             fig["build_share"] = _median([j.get("build_share") for j in timed])
             fig["mean_hop_ms"] = _median([j.get("mean_hop_ms") for j in timed])
+        elif timed[0].get("busy_fraction") is not None:  # Ray Tune: the trials' training time
+            fig["utilisation"] = _median([j.get("busy_fraction") for j in timed])
+            fig["utilisation_how"] = timed[0].get("busy_how", "busy time / (p x span)")
         else:
             fig["utilisation"] = _median([j["cpu_s"] / (p * j["span_s"]) if j.get("cpu_s") else None for j in timed])
             fig["utilisation_how"] = "CPU seconds of the worker processes / (p x span)"
+        fig["peak_rss_bytes"] = _median([j.get("peak_rss_bytes") for j in timed])
         fig["bytes_stored"] = timed[0]["bytes_stored"]
         if "raw_data_bytes" in timed[0]:
             fig["raw_data_bytes"] = timed[0]["raw_data_bytes"]
@@ -339,6 +457,18 @@ def system_figures(system: str, runs: list[dict], workers: int) -> dict:
         # Per repeat (0-based index of the runner's repeat), for the paired ratios of summarise.
         fig["per_repeat"] = [{"repeat": r, "epoch_s": j["span_s"] / j["epochs"], "rows_per_s": j["train_rows"] / j["span_s"]}
                              for r, j in zip(repeat_of, timed)]
+    searched = [(r.get("repeat", i), j) for i, r in enumerate(runs) for j in [job_of(r, "search")] if j]
+    if searched:  # an ASHA search, timed as a whole
+        fig["repeats"] = len(searched)
+        fig["search_s"] = _median([j["span_s"] for _, j in searched])
+        fig["search_s_all"] = [j["span_s"] for _, j in searched]
+        fig["search_epochs"] = searched[0][1]["epochs"]
+        fig["config_epochs"] = _median([j.get("config_epochs") for _, j in searched])
+        fig["utilisation"] = _median([j.get("busy_fraction") for _, j in searched])
+        fig["peak_rss_bytes"] = _median([j.get("peak_rss_bytes") for _, j in searched])
+        finals = [c["val_accuracy"][-1] for c in searched[0][1]["configs"] if c["val_accuracy"]]
+        fig["search_best_val_accuracy"] = max(finals) if finals else None
+        fig["per_repeat"] = [{"repeat": r, "search_s": j["span_s"]} for r, j in searched]
     if acc:
         finals = [c["val_accuracy"][-1] for c in acc["configs"] if c["val_accuracy"]]
         fig["accuracy_epochs"] = acc["epochs"]
@@ -428,6 +558,12 @@ def summarise(figures: dict[str, dict], sim: dict | None, workers: int, fixed_co
         "build_share": f("mop", "build_share"),
         "throughput_over_physical_limit": ratios["throughput_over_physical_limit"],
         "throughput_over_p_sequential_fit": ratios["throughput_over_p_sequential_fit"],
+        "ray_tune_over_mop": ratios["ray_tune_over_mop"],
+        "ray_tune_asha_over_mop_asha": ratios["ray_tune_asha_over_mop_asha"],
+        "ray_tune_busy_fraction": f("ray-tune", "utilisation"),
+        # Peak resident memory summed over each system's processes (RSS: shared pages once per process).
+        "ray_tune_memory_over_mop": _ratio(f("ray-tune", "peak_rss_bytes"), f("mop", "peak_rss_bytes")),
+        "ray_tune_asha_memory_over_mop_asha": _ratio(f("ray-tune-asha", "peak_rss_bytes"), f("mop-asha", "peak_rss_bytes")),
         "sub_epoch_fixed_cost_ms": fc("keras", "sub_epoch_fixed_cost_ms"),
         "sub_epoch_fixed_cost_ms_torch": fc("torch", "sub_epoch_fixed_cost_ms"),
         "visit_fixed_cost_ms": fc("keras", "visit_fixed_cost_ms"),
@@ -471,19 +607,19 @@ def markdown(report: dict) -> str:
         f"(ratios: medians of the per-repeat ratios).",
         "",
         "| system | s / epoch (all configs) | vs MOP | vs MOP (torch) | utilisation | data stored MB | "
-        "moved MB / epoch | digits acc best (mean) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "moved MB / epoch | peak memory GB | digits acc best (mean) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     mop_epoch = figs.get("mop", {}).get("epoch_s")
     mop_torch_epoch = figs.get("mop-torch", {}).get("epoch_s")
-    for system in SYSTEMS:
+    for system in [s for s in SYSTEMS if s not in SEARCH_SYSTEMS]:
         if system in report["unavailable"]:
-            lines.append(f"| {LABELS[system]} | unavailable: {report['unavailable'][system][:90]} | | | | | | |")
+            lines.append(f"| {LABELS[system]} | unavailable: {report['unavailable'][system][:90]} | | | | | | | |")
             continue
         g = figs.get(system)
         if not g or "epoch_s" not in g:
             if system in report["systems"]:
-                lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | | |")
+                lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | | | |")
             continue
         moved = _mb(g.get("bytes_moved_per_epoch")) + (" (measured)" if str(g.get("bytes_moved_how", "")).startswith("measured")
                                                       else " (computed)" if g.get("bytes_moved_per_epoch") else "")
@@ -492,7 +628,8 @@ def markdown(report: dict) -> str:
                else "n/a")
         lines.append(f"| {LABELS[system]} | {g['epoch_s']:.1f} | {_fmt(_ratio(g['epoch_s'], mop_epoch), 2)} | "
                      f"{_fmt(_ratio(g['epoch_s'], mop_torch_epoch), 2)} | {_fmt(g.get('utilisation'), 2)} | "
-                     f"{_mb(g.get('bytes_stored'))} | {moved} | {acc} |")
+                     f"{_mb(g.get('bytes_stored'))} | {moved} | {_gb(g.get('peak_rss_bytes'))} | {acc} |")
+    lines += search_lines(report)
     lines += ["", "| figure | value | goal |", "|---|---:|---|"]
     for key in SUMMARY_KEYS:
         lines.append(f"| {key} | {_fmt(summary.get(key), 4)} | {goal_status(key, summary.get(key))} |")
@@ -507,6 +644,35 @@ def markdown(report: dict) -> str:
     if others:
         lines += ["", "Unavailable:"] + [f"- {k}: {v}" for k, v in others.items()]
     return "\n".join(lines)
+
+
+def _gb(v):
+    return f"{v / 1e9:.2f}" if v is not None else "n/a"
+
+
+def search_lines(report: dict) -> list[str]:
+    """Markdown lines for the ASHA searches (timed as a whole), when any was asked for."""
+    asked = [s for s in SEARCH_SYSTEMS if s in report["systems"]]
+    if not asked:
+        return []
+    figs = report["figures"]
+    lines = ["", f"ASHA over the same configurations (grace period 1, reduction factor 3, at most "
+             f"{report['profile'].get('asha_epochs')} epochs), on the time data, timed as a whole:", "",
+             "| search | s (whole search) | vs MOP ASHA | configuration-epochs trained | utilisation | "
+             "peak memory GB | best val accuracy |", "|---|---:|---:|---:|---:|---:|---:|"]
+    mop = figs.get("mop-asha", {}).get("search_s")
+    for system in asked:
+        if system in report["unavailable"]:
+            lines.append(f"| {LABELS[system]} | unavailable: {report['unavailable'][system][:90]} | | | | | |")
+            continue
+        g = figs.get(system) or {}
+        if g.get("search_s") is None:
+            lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | |")
+            continue
+        lines.append(f"| {LABELS[system]} | {g['search_s']:.1f} | {_fmt(_ratio(g['search_s'], mop), 2)} | "
+                     f"{_fmt(g.get('config_epochs'), 0)} | {_fmt(g.get('utilisation'), 2)} | "
+                     f"{_gb(g.get('peak_rss_bytes'))} | {_fmt(g.get('search_best_val_accuracy'), 4)} |")
+    return lines
 
 
 def fixed_cost_lines(fixed: dict) -> list[str]:
@@ -575,6 +741,39 @@ def plot(report: dict, out_dir: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(str(path))
+    searched = [s for s in SEARCH_SYSTEMS if figs.get(s, {}).get("search_s") is not None]
+    if searched:  # the ASHA table
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+        labels = [SHORT[s] for s in searched]
+        axes[0].barh(labels, [figs[s]["search_s"] for s in searched], color="tab:blue")
+        axes[0].set_xlabel("seconds for the whole ASHA search")
+        axes[1].barh(labels, [figs[s].get("config_epochs") or 0 for s in searched], color="tab:gray")
+        axes[1].set_xlabel("configuration-epochs trained")
+        axes[1].set_yticklabels([])
+        for ax in axes:
+            ax.invert_yaxis()
+        fig.tight_layout()
+        path = out_dir / "asha.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path))
+    net = report.get("network") or {}
+    if net:  # the emulated-network table: ratio to MOP per system per network
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        systems = [s for s in NETWORK_SYSTEMS if any(f"{s}_over_mop" in row for row in net.values())]
+        width = 0.8 / max(len(net), 1)
+        for k, (rate, row) in enumerate(net.items()):
+            ax.bar([i + k * width for i in range(len(systems))], [row.get(f"{s}_over_mop") or 0 for s in systems],
+                   width, label=rate)
+        ax.set_xticks([i + width * (len(net) - 1) / 2 for i in range(len(systems))], [SHORT[s] for s in systems])
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_ylabel("s / epoch over MOP's (hops charged at the rate)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "network.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path))
     return paths
 
 
@@ -594,6 +793,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-sim", action="store_true", help="skip the scheduler simulation")
     parser.add_argument("--no-fixed-cost", action="store_true",
                         help="skip benchmarks.fixed_cost (sub_epoch_fixed_cost_ms is then n/a)")
+    parser.add_argument("--network", default=None,
+                        help="comma-separated link rates (e.g. 10gbit,1gbit): also run the data-parallel systems "
+                             "in an emulated network (root and iproute2; default: none, --full: 10gbit,1gbit)")
     parser.add_argument("--name", default=None, help="results folder name (default: a timestamp)")
     parser.add_argument("--out", default=None, help="results root (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -630,23 +832,28 @@ def main(argv=None) -> int:
     if not args.no_fixed_cost:
         fixed = fixed_cost_all(args.workers, profile["fixed_cost_epochs"], out_dir, log=log)
     raw = run_all(profile, args.workers, systems, out_dir, log=log)
+    rates = [r.strip() for r in (args.network if args.network is not None
+                                 else "10gbit,1gbit" if profile_name == "full" else "").split(",") if r.strip()]
+    net = (network_all(rates, [s for s in systems if s in NETWORK_SYSTEMS], profile, args.workers, out_dir, log=log)
+           if rates else {})
     from benchmarks import workload as wl
 
     figures = {s: system_figures(s, runs, args.workers) for s, runs in raw["runs"].items() if runs}
-    errors = {**fixed["errors"], **raw["errors"]}
+    errors = {**fixed["errors"], **raw["errors"], **net.get("errors", {})}
     report = {
         "profile": {"name": profile_name, **profile}, "workers": args.workers, "systems": systems,
         "configs": profile.get("max_configs") or len(wl.configurations()),
         "figures": figures, "summary": summarise(figures, sim, args.workers, fixed["figures"]),
         "fixed_cost": fixed["figures"],
-        "unavailable": {**raw["unavailable"], **fixed["unavailable"]}, "errors": errors,
+        "network": network_summary(net, figures, args.workers),
+        "unavailable": {**raw["unavailable"], **fixed["unavailable"], **net.get("unavailable", {})}, "errors": errors,
         "wall_s": round(time.perf_counter() - started, 1), "host": {"cpus": os.cpu_count()},
     }
-    table = markdown(report)
+    table = markdown(report) + "\n".join([""] + network_lines(report["network"]))
     if sim is not None:
         table += "\n\nScheduler simulation (makespan / lower bound; see benchmarks/scheduler_sim.py):\n\n" + sim_table
     report["plots"] = plot(report, out_dir) + ([str(out_dir / "scheduler_sim.png")] if sim is not None else [])
-    summary = {**report["summary"], "repeats": profile["repeats"], "profile": profile_name, "workers": args.workers,
+    summary = {**report["summary"], "network": report["network"], "repeats": profile["repeats"], "profile": profile_name, "workers": args.workers,
                "unavailable": report["unavailable"], "errors": report["errors"], "wall_s": report["wall_s"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out_dir / "results.json").write_text(json.dumps({**report, "raw": raw["runs"]}, indent=1) + "\n")

@@ -7,7 +7,9 @@ What it does, each step idempotent (a step already done is skipped):
 2. ``tf-keras==2.21.0`` with ``--no-deps`` (its dependency on ``tensorflow`` would pull the
    572 MB GPU package beside ``tensorflow-cpu``): ``model.fit`` under ``TF_USE_LEGACY_KERAS=1``
    for the parameter-server and Horovod-Keras baselines;
-3. Horovod 0.28.1 over Gloo, built from the sdist with the fixes it needs on this stack
+3. ``ray[tune]==2.60.0`` (the newest release the registry serves) for the Ray Tune baseline,
+   constrained to the numpy, pandas, pyarrow, protobuf and grpcio already installed;
+4. Horovod 0.28.1 over Gloo, built from the sdist with the fixes it needs on this stack
    (``patch_horovod``): the XLA ops file includes XLA headers TensorFlow 2.21 no longer ships,
    though the code behind them is GPU-only, so its body is compiled only with ``HAVE_GPU``;
    PyTorch 2.13 needs C++17 where Horovod forces C++14 (its top-level CMake, its torch target)
@@ -45,6 +47,10 @@ BUILD = HERE / ".build"
 STATUS = BUILD / "baselines.json"
 TORCH = "torch==2.13.0"
 TF_KERAS = "tf-keras==2.21.0"
+#: The newest Ray the registry serves (2026-12); pinned so that a new release cannot change the baseline.
+RAY_TUNE = "ray[tune]==2.60.0"
+#: Installed packages Ray must not move (it accepts the versions cerebro's install chose).
+RAY_KEEP = ("numpy", "pandas", "pyarrow", "protobuf", "grpcio")
 HOROVOD = "0.28.1"
 HOROVOD_RUNTIME_DEPS = ["cloudpickle", "psutil", "pyyaml", "packaging", "cffi>=1.4.0"]
 
@@ -113,6 +119,28 @@ def install_tf_keras() -> dict:
     if not ok:
         _pip("install", "--no-deps", TF_KERAS)
         ok, out = _probe("import tf_keras; print(tf_keras.__version__)")
+    return {"available": ok, "version": out.splitlines()[-1] if ok else None, **({} if ok else {"reason": out[-500:]})}
+
+
+def install_ray_tune() -> dict:
+    """``ray[tune]`` for the Ray Tune baseline, constrained to the installed numpy, pandas,
+    pyarrow, protobuf and grpcio (a newer one pulled in would change what cerebro runs on)."""
+    probe = "import ray, ray.tune; print(ray.__version__)"
+    ok, out = _probe(probe)
+    if not ok:
+        from importlib import metadata
+
+        pins = []
+        for name in RAY_KEEP:
+            try:
+                pins.append(f"{name}=={metadata.version(name)}")
+            except metadata.PackageNotFoundError:
+                pass
+        BUILD.mkdir(parents=True, exist_ok=True)
+        constraints = BUILD / "ray-constraints.txt"
+        constraints.write_text("\n".join(pins) + "\n")
+        _pip("install", RAY_TUNE, "-c", str(constraints), check=False)
+        ok, out = _probe(probe)
     return {"available": ok, "version": out.splitlines()[-1] if ok else None, **({} if ok else {"reason": out[-500:]})}
 
 
@@ -254,6 +282,7 @@ def main(argv=None) -> int:
     status = read_status()
     status["torch"] = install_torch()
     status["tf_keras"] = install_tf_keras()
+    status["ray_tune"] = install_ray_tune()
     _write_status(status)
     if args.skip_horovod:
         status["horovod"] = {"available": False, "reason": "not built (--skip-horovod)"}
@@ -266,8 +295,9 @@ def main(argv=None) -> int:
     for name, st in status.items():
         state = "available" if st.get("available") else f"UNAVAILABLE ({st.get('reason')})"
         print(f"{name}: {state}", flush=True)
-    # Horovod failing to build is a reported outcome, not a setup failure; torch/tf-keras are required.
-    return 0 if status["torch"]["available"] and status["tf_keras"]["available"] else 1
+    # Horovod failing to build is a reported outcome, not a setup failure; torch, tf-keras and
+    # Ray Tune are required.
+    return 0 if all(status[k]["available"] for k in ("torch", "tf_keras", "ray_tune")) else 1
 
 
 if __name__ == "__main__":

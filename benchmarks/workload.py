@@ -28,10 +28,19 @@ NUM_CLASSES = 10
 VALIDATION = 0.25
 
 
-def configurations() -> list[dict]:
-    """The grid in sorted-key order (GridSearch's order): a list of parameter dicts."""
-    keys = sorted(SPACE)
-    return [dict(zip(keys, values)) for values in itertools.product(*(SPACE[k] for k in keys))]
+#: Learning rates for larger grids (the scaling benchmark): the first two are SPACE's.
+LEARNING_RATES = (1e-3, 3e-3, 5e-4, 2e-3, 7e-4, 1.5e-3, 4e-3, 2.5e-3)
+
+
+def configurations(n: int = 8) -> list[dict]:
+    """The grid in sorted-key order (GridSearch's order): a list of parameter dicts.  Another ``n``
+    (16 or 32 for the scaling benchmark, 4 for its smoke test) takes the first n / 4 learning
+    rates of ``LEARNING_RATES``, 4 configurations each (width x batch size): still a full grid."""
+    if n % 4 or not 1 <= n // 4 <= len(LEARNING_RATES):
+        raise ValueError(f"configurations(n): n must be 4 x (1..{len(LEARNING_RATES)}) configurations. Got {n}.")
+    space = dict(SPACE, learning_rate=list(LEARNING_RATES[: n // 4]))
+    keys = sorted(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
 
 
 def make_data(rows: int, seed: int = 0):
@@ -96,12 +105,17 @@ def make_torch_estimator(params, seed: int = 2020):
 
 
 def config_index(params) -> int:
-    """The position of ``params`` in :func:`configurations` (what the torch engines seed by)."""
-    key = (float(params["learning_rate"]), int(params["width"]), int(params["batch_size"]))
-    for i, c in enumerate(configurations()):
-        if (float(c["learning_rate"]), int(c["width"]), int(c["batch_size"])) == key:
-            return i
-    raise ValueError(f"not a configuration of the workload: {params}")
+    """The position of ``params`` in :func:`configurations` (what the torch engines seed by): 0-7
+    for the default grid, then 8, 9, ... for the others of the largest grid, in its order."""
+    def key(c):
+        return float(c["learning_rate"]), int(c["width"]), int(c["batch_size"])
+
+    base = [key(c) for c in configurations()]
+    order = base + [k for k in map(key, configurations(4 * len(LEARNING_RATES))) if k not in base]
+    try:
+        return order.index(key(params))
+    except ValueError:
+        raise ValueError(f"not a configuration of the workload: {params}") from None
 
 
 def keras_model(params, keras_module):
@@ -205,3 +219,56 @@ def split_bytes(prefix: str | os.PathLike) -> int:
 
 def dir_bytes(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# ---------------------------------------------------------------------------- memory
+
+class PeakRSS:
+    """Peak resident memory summed over this process and all its descendants (worker
+    processes, Ray's daemons and trial processes), sampled every ``interval`` seconds in a
+    thread while the block runs.  RSS counts shared pages (libraries, a shared-memory object
+    store) once per process that maps them, as ``ps`` and ``top`` do, so the sum is an upper
+    bound of the memory the processes need together.  ``peak_bytes`` is None without psutil."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_bytes: int | None = None
+        self._stop = None
+        self._thread = None
+
+    def sample(self) -> int | None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass  # ended between the listing and the read
+        return total
+
+    def _run(self) -> None:
+        while True:
+            value = self.sample()
+            if value is not None:
+                self.peak_bytes = max(self.peak_bytes or 0, value)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        value = self.sample()  # one last look, at the end of the block
+        if value is not None:
+            self.peak_bytes = max(self.peak_bytes or 0, value)

@@ -122,3 +122,62 @@ def test_goal_status():
     assert run.goal_status("accuracy_gap_vs_sequential", -0.4).startswith("met")
     assert run.goal_status("accuracy_gap_vs_sequential", -0.6).startswith("MISSED")
     assert run.goal_status("hop_share", None) == "n/a"
+
+
+def _search(span, config_epochs, finals, busy=0.9, rss=2e9):
+    return {"tag": "search", "span_s": span, "epochs": 3, "train_rows": 100, "cpu_s": None, "bytes_stored": 1,
+            "bytes_moved": 1, "bytes_moved_how": "computed: x", "config_epochs": config_epochs,
+            "busy_fraction": busy, "peak_rss_bytes": rss,
+            "configs": [{"params": {"learning_rate": 1e-3, "width": 128, "batch_size": 32}, "val_accuracy": f}
+                        for f in finals]}
+
+
+def test_an_asha_search_is_timed_as_a_whole_and_paired_per_repeat():
+    mop = run.system_figures("mop-asha", [{"repeat": 0, "jobs": [_search(10.0, 12, [[0.5], [0.6, 0.7, 0.8]])]},
+                                          {"repeat": 1, "jobs": [_search(20.0, 12, [[0.5]])]}], 2)
+    ray = run.system_figures("ray-tune-asha", [{"repeat": 0, "jobs": [_search(30.0, 11, [[0.4]], rss=6e9)]},
+                                               {"repeat": 1, "jobs": [_search(80.0, 11, [[0.4]], rss=6e9)]}], 2)
+    assert mop["search_s"] == 15.0 and mop["config_epochs"] == 12 and mop["search_best_val_accuracy"] == 0.8
+    assert "epoch_s" not in mop  # no time job: not in the per-epoch table
+    s = run.summarise({"mop-asha": mop, "ray-tune-asha": ray}, None, workers=2)
+    assert s["ray_tune_asha_over_mop_asha"] == pytest.approx(3.5)   # median of 30/10 and 80/20
+    assert s["ratios_per_repeat"]["ray_tune_asha_over_mop_asha"] == [3.0, 4.0]
+    assert s["ray_tune_asha_memory_over_mop_asha"] == pytest.approx(3.0)
+
+
+def test_ray_tune_figures_use_its_trials_busy_time_and_memory():
+    ray = run.system_figures("ray-tune", [{"jobs": [_job("time", 20, cpu_s=39, busy_fraction=0.6,
+                                                         busy_how="fit time", peak_rss_bytes=5e9)]}], 2)
+    assert ray["utilisation"] == 0.6 and ray["utilisation_how"] == "fit time"  # not its CPU (imports included)
+    mop = run.system_figures("mop", [{"jobs": [_job("time", 10, busy_fraction=0.95, peak_rss_bytes=2.5e9)]}], 2)
+    s = run.summarise({"mop": mop, "ray-tune": ray}, None, workers=2)
+    assert s["ray_tune_over_mop"] == pytest.approx(2.0)
+    assert s["ray_tune_busy_fraction"] == 0.6 and s["ray_tune_memory_over_mop"] == pytest.approx(2.0)
+    report = {"figures": {"mop": mop, "ray-tune": ray}, "summary": s, "configs": 8, "workers": 2,
+              "profile": {"rows": 1000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "asha_epochs": 3},
+              "systems": ["mop", "ray-tune", "ray-tune-asha"], "unavailable": {"ray-tune-asha": "ray is missing"},
+              "errors": {}}
+    table = run.markdown(report)
+    assert f"| {run.LABELS['ray-tune']} | 20.0 | 2.00 |" in table and "| 5.00 |" in table
+    assert f"| {run.LABELS['ray-tune-asha']} | unavailable: ray is missing |" in table
+
+
+def test_ray_tune_is_reported_unavailable_with_the_reason(monkeypatch):
+    real = run.importlib.util.find_spec
+    monkeypatch.setattr(run.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    avail = run.availability(2)
+    assert "ray[tune] is not installed" in avail["ray-tune"] and "setup_baselines" in avail["ray-tune-asha"]
+    assert avail["mop-asha"] is None
+
+
+def test_network_summary_charges_mop_hops_at_the_rate_and_divides():
+    figs = {"mop": {"epoch_s": 10.0, "bytes_moved_per_epoch": 250e6}, "ddp": {"epoch_s": 12.0}}
+    net = {"runs": {"1gbit": {"ddp": {"epoch_s": 30.0}}}}
+    table = run.network_summary(net, figs, workers=2)
+    # 250 MB over 2 workers' links at 1 Gbit/s: 1 s on each, added to the epoch
+    assert table["1gbit"]["mop_charged_epoch_s"] == pytest.approx(11.0)
+    assert table["1gbit"]["ddp_over_mop"] == pytest.approx(30.0 / 11.0)
+    assert table["loopback"]["ddp_over_mop"] == pytest.approx(1.2)
+    lines = "\n".join(run.network_lines(table))
+    assert "| 1gbit | 11.00 | 30.0 (2.73x) |" in lines
+    assert run.network_summary({}, figs, 2) == {}
