@@ -33,13 +33,17 @@ all-reduce engines' framework).
 evaluate, measured in a worker (``benchmarks.fixed_cost``, run once per framework in its own
 process); a failure is recorded under ``errors`` with the reason.
 
+The accuracy gap over several seeds, with 95% intervals (``benchmarks.accuracy_seeds``): run
+with ``--seeds N`` (``--full``: 5, at 4 and 10 epochs; ``--quick``: 0, which says so in
+``summary.json`` under ``accuracy_seeds``; ``python -m benchmarks.accuracy_seeds`` runs it alone).
+
 Usage:
     python -m benchmarks.setup_baselines          # once: torch, tf-keras, Horovod (build)
     python -m benchmarks.run --quick              # 1 repeat, 50k rows, 1 timed epoch, 4 accuracy epochs
     python -m benchmarks.run --full               # 3 repeats, 60k rows, 2 timed epochs, 10 accuracy epochs
     python -m benchmarks.run --smoke              # tiny data, every engine once (CI)
 Options: --workers P, --rows N, --repeats R, --epochs E, --accuracy-epochs E, --only a,b,
---name NAME, --out DIR, --no-sim, --no-fixed-cost.
+--name NAME, --out DIR, --no-sim, --no-fixed-cost, --network RATES, --seeds N.
 """
 
 from __future__ import annotations
@@ -82,11 +86,11 @@ LABELS = {
 PROFILES = {
     # --quick leaves out two accuracy runs to stay under 12 minutes (ACCURACY_SKIPPED says why).
     "quick": {"rows": 50000, "epochs": 1, "accuracy_epochs": 4, "repeats": 1, "timeout": 400,
-              "accuracy_skip": ["mop-spark", "ray-tune"], "fixed_cost_epochs": 20, "asha_epochs": 3},
+              "accuracy_skip": ["mop-spark", "ray-tune"], "fixed_cost_epochs": 20, "asha_epochs": 3, "seeds": 0},
     "full": {"rows": 60000, "epochs": 2, "accuracy_epochs": 10, "repeats": 3, "timeout": 1800,
-             "fixed_cost_epochs": 40, "asha_epochs": 9},
+             "fixed_cost_epochs": 40, "asha_epochs": 9, "seeds": 5},
     "smoke": {"rows": 2000, "epochs": 1, "accuracy_epochs": 1, "repeats": 1, "timeout": 300, "max_configs": 2,
-              "fixed_cost_epochs": 5, "asha_epochs": 2},
+              "fixed_cost_epochs": 5, "asha_epochs": 2, "seeds": 0},
 }
 #: Why a profile may leave out a system's accuracy run: it would repeat another system's figures.
 ACCURACY_SKIPPED = {
@@ -337,9 +341,10 @@ NETWORK_SYSTEMS = ("ddp", "model-averaging", "ps", "horovod")
 
 def network_all(rates: list[str], systems: list[str], profile: dict, workers: int, out_dir: Path,
                 log=print) -> dict:
-    """The data-parallel ``systems`` once per rate with ``CEREBRO_BENCH_NETWORK=<rate>``
+    """The data-parallel ``systems`` at every rate with ``CEREBRO_BENCH_NETWORK=<rate>``
     (benchmarks.netem: each rank in a namespace of its own, links shaped with tbf), on the time
-    job.  Returns {"runs": {rate: {system: figures}}, "errors", "unavailable"}."""
+    job, ``profile["repeats"]`` times in the interleaved order of :func:`run_order` over the
+    (rate, system) pairs.  Returns {"runs": {rate: {system: figures}}, "errors", "unavailable"}."""
     from benchmarks import netem
 
     out: dict = {"runs": {}, "errors": {}, "unavailable": {}}
@@ -353,26 +358,37 @@ def network_all(rates: list[str], systems: list[str], profile: dict, workers: in
     with tempfile.TemporaryDirectory(prefix="cerebro-bench-net-") as tmp_name:
         tmp = Path(tmp_name)
         data = prepare_data(tmp / "data", profile["rows"], workers)
+        pairs = []
         for rate in rates:
-            out["runs"][rate] = {}
             for system in systems:
                 reason = netem.engine_unavailable(system) if system != "horovod" else netem.HOROVOD_REASON
                 if reason:
                     out["unavailable"][f"{system} at {rate}"] = reason
                     log(f"# {system} at {rate}: unavailable: {reason[:120]}")
-                    continue
-                job = {"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
-                       "scheduler": "dynamic", **({"max_configs": profile["max_configs"]} if profile.get("max_configs") else {})}
-                log(f"# {system} over an emulated {rate} network ...")
-                res = run_engine(system, [job], workers, tmp, profile["timeout"], log_dir,
-                                 env={netem.ENV: rate}, log_name=f"{system}-{rate}")
-                if "error" in res:
-                    out["errors"][f"{system} at {rate}"] = res["error"]
-                    log(f"#   {system} at {rate} FAILED: {res['error']}")
-                    continue
-                out["runs"][rate][system] = system_figures(system, [res], workers)
-                out["runs"][rate][system]["network"] = res["jobs"][0].get("network")
-                log(f"#   {system} at {rate}: {out['runs'][rate][system]['epoch_s']:.1f} s / epoch")
+                else:
+                    pairs.append(f"{system}@{rate}")
+        got: dict[str, list[dict]] = {pair: [] for pair in pairs}
+        for r, pair in run_order(pairs, profile.get("repeats", 1)):
+            system, rate = pair.split("@")
+            job = {"tag": "time", "data": data["time"], "epochs": profile["epochs"], "seed": 2020,
+                   "scheduler": "dynamic", **({"max_configs": profile["max_configs"]} if profile.get("max_configs") else {})}
+            log(f"# repeat {r + 1}: {system} over an emulated {rate} network ...")
+            res = run_engine(system, [job], workers, tmp, profile["timeout"], log_dir,
+                             env={netem.ENV: rate}, log_name=f"{system}-{rate}")
+            if "error" in res:
+                out["errors"][f"{system} at {rate} (repeat {r + 1})"] = res["error"]
+                log(f"#   {system} at {rate} FAILED: {res['error']}")
+                continue
+            res["repeat"] = r
+            got[pair].append(res)
+            log(f"#   {system} at {rate}: {res['jobs'][0]['span_s'] / res['jobs'][0]['epochs']:.1f} s / epoch")
+        for rate in rates:
+            out["runs"][rate] = {}
+            for pair, runs in got.items():
+                system, r8 = pair.split("@")
+                if r8 == rate and runs:
+                    out["runs"][rate][system] = system_figures(system, runs, workers)
+                    out["runs"][rate][system]["network"] = runs[0]["jobs"][0].get("network")
     return out
 
 
@@ -393,12 +409,14 @@ def network_summary(net: dict, figures: dict, workers: int) -> dict:
         row["mop_charged_epoch_s"] = mop_s
         for system, g in runs.items():
             row[f"{system}_epoch_s"] = g.get("epoch_s")
+            row[f"{system}_epoch_s_all"] = g.get("epoch_s_all")
             row[f"{system}_over_mop"] = _ratio(g.get("epoch_s"), mop_s)
         table[rate] = row
-    loop = {"mop_charged_epoch_s": mop.get("epoch_s")}
+    loop = {"mop_charged_epoch_s": mop.get("epoch_s"), "mop_epoch_s_all": mop.get("epoch_s_all")}
     for system in NETWORK_SYSTEMS:
         if (figures.get(system) or {}).get("epoch_s") is not None:
             loop[f"{system}_epoch_s"] = figures[system]["epoch_s"]
+            loop[f"{system}_epoch_s_all"] = figures[system].get("epoch_s_all")
             loop[f"{system}_over_mop"] = _ratio(figures[system]["epoch_s"], mop.get("epoch_s"))
     return {"loopback": loop, **table} if table else {}
 
@@ -412,9 +430,16 @@ def network_lines(table: dict) -> list[str]:
              "| network | MOP (charged) | " + " | ".join(SHORT[s] for s in systems) + " |",
              "|---|---:|" + "---:|" * len(systems)]
     for rate, row in table.items():
-        cells = [f"{_fmt(row.get(f'{s}_epoch_s'), 1)} ({_fmt(row.get(f'{s}_over_mop'), 2)}x)" for s in systems]
+        cells = [f"{_fmt(row.get(f'{s}_epoch_s'), 1)}{_spread(row.get(f'{s}_epoch_s_all'))} "
+                 f"({_fmt(row.get(f'{s}_over_mop'), 2)}x)" for s in systems]
         lines.append(f"| {rate} | {_fmt(row.get('mop_charged_epoch_s'), 2)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _spread(values) -> str:
+    """`` [min-max]`` of more than one repeat's values, else nothing."""
+    values = [v for v in values or () if v is not None]
+    return f" [{min(values):.1f}-{max(values):.1f}]" if len(values) > 1 else ""
 
 
 # ---------------------------------------------------------------------------- arithmetic (pure)
@@ -611,7 +636,7 @@ def markdown(report: dict) -> str:
         f"{{128, 256}} x batch {{32, 128}}); time on {prof['rows']:,} generated rows x 64 features (25% validation), "
         f"{prof['epochs']} epoch(s); accuracy on digits after {prof['accuracy_epochs']} epochs; "
         f"p = {report['workers']} workers x 1 thread; {prof['repeats']} interleaved repeat(s), medians "
-        f"(ratios: medians of the per-repeat ratios).",
+        f"(ratios: medians of the per-repeat ratios; [min-max] over the repeats).",
         "",
         "| system | s / epoch (all configs) | vs MOP | vs MOP (torch) | utilisation | data stored MB | "
         "moved MB / epoch | peak memory GB | digits acc best (mean) |",
@@ -633,7 +658,8 @@ def markdown(report: dict) -> str:
         acc = (f"{g['best_val_accuracy']:.4f} ({g['mean_val_accuracy']:.4f})" if g.get("best_val_accuracy") is not None
                else f"not run: {ACCURACY_SKIPPED[system]}" if system in prof.get("accuracy_skip", ())
                else "n/a")
-        lines.append(f"| {LABELS[system]} | {g['epoch_s']:.1f} | {_fmt(_ratio(g['epoch_s'], mop_epoch), 2)} | "
+        lines.append(f"| {LABELS[system]} | {g['epoch_s']:.1f}{_spread(g.get('epoch_s_all'))} | "
+                     f"{_fmt(_ratio(g['epoch_s'], mop_epoch), 2)} | "
                      f"{_fmt(_ratio(g['epoch_s'], mop_torch_epoch), 2)} | {_fmt(g.get('utilisation'), 2)} | "
                      f"{_mb(g.get('bytes_stored'))} | {moved} | {_gb(g.get('peak_rss_bytes'))} | {acc} |")
     lines += search_lines(report)
@@ -676,7 +702,8 @@ def search_lines(report: dict) -> list[str]:
         if g.get("search_s") is None:
             lines.append(f"| {LABELS[system]} | failed (see errors) | | | | | |")
             continue
-        lines.append(f"| {LABELS[system]} | {g['search_s']:.1f} | {_fmt(_ratio(g['search_s'], mop), 2)} | "
+        lines.append(f"| {LABELS[system]} | {g['search_s']:.1f}{_spread(g.get('search_s_all'))} | "
+                     f"{_fmt(_ratio(g['search_s'], mop), 2)} | "
                      f"{_fmt(g.get('config_epochs'), 0)} | {_fmt(g.get('utilisation'), 2)} | "
                      f"{_gb(g.get('peak_rss_bytes'))} | {_fmt(g.get('search_best_val_accuracy'), 4)} |")
     return lines
@@ -784,6 +811,25 @@ def plot(report: dict, out_dir: Path) -> list[str]:
     return paths
 
 
+def seeds_all(profile: dict, workers: int, out_dir: Path, log=print) -> dict:
+    """``benchmarks.accuracy_seeds`` over ``profile["seeds"]`` seeds (at ``accuracy_epochs`` and
+    at 4 epochs, or fewer when the budget is shorter), under ``out_dir/seeds``.  Returns
+    {"summary": figures for summary.json (or why not run), "table", "errors", "unavailable"}."""
+    if not profile.get("seeds"):
+        return {"summary": {"not_run": "--seeds 0 (the default but for --full; python -m benchmarks.accuracy_seeds "
+                                       "runs it alone)"}}
+    from benchmarks import accuracy_seeds
+
+    epochs = profile["accuracy_epochs"]
+    log(f"# accuracy over {profile['seeds']} seeds, {epochs} epochs ...")
+    rep = accuracy_seeds.run_seeds(profile["seeds"], epochs, min(4, epochs), workers, out_dir=out_dir / "seeds",
+                                   log=log, max_configs=profile.get("max_configs"))
+    summary = {"seeds": rep["seeds"], "epochs": epochs, "short": min(4, epochs), **accuracy_seeds.headline(rep)}
+    return {"summary": summary, "table": accuracy_seeds.markdown(rep),
+            "errors": {f"accuracy_seeds {k}": v for k, v in rep["errors"].items()},
+            "unavailable": {f"accuracy_seeds {k}": v for k, v in rep["unavailable"].items()}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
@@ -803,18 +849,23 @@ def main(argv=None) -> int:
     parser.add_argument("--network", default=None,
                         help="comma-separated link rates (e.g. 10gbit,1gbit): also run the data-parallel systems "
                              "in an emulated network (root and iproute2; default: none, --full: 10gbit,1gbit)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="also the accuracy gap over N seeds with 95%% intervals (benchmarks.accuracy_seeds; "
+                             "default: --full 5, otherwise 0)")
     parser.add_argument("--name", default=None, help="results folder name (default: a timestamp)")
     parser.add_argument("--out", default=None, help="results root (default benchmarks/results)")
     args = parser.parse_args(argv)
     profile_name = "full" if args.full else "smoke" if args.smoke else "quick"
     profile = dict(PROFILES[profile_name])
-    for key in ("rows", "epochs", "accuracy_epochs", "repeats"):
+    for key in ("rows", "epochs", "accuracy_epochs", "repeats", "seeds"):
         if getattr(args, key) is not None:
             profile[key] = getattr(args, key)
     systems = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
         parser.error(f"--only names unknown systems {unknown}; choose from {list(SYSTEMS)}")
+    if profile["seeds"] == 1 or profile["seeds"] < 0:
+        parser.error(f"--seeds: expected 0 (not run) or at least 2 (an interval needs two draws), got {profile['seeds']}")
     if profile["rows"] < 100 * args.workers or args.workers < 1 or profile["repeats"] < 1:
         parser.error("need --workers >= 1, --repeats >= 1 and at least 100 rows per worker")
     name = args.name or time.strftime(f"%Y%m%d-%H%M%S-{profile_name}")
@@ -843,24 +894,29 @@ def main(argv=None) -> int:
                                  else "10gbit,1gbit" if profile_name == "full" else "").split(",") if r.strip()]
     net = (network_all(rates, [s for s in systems if s in NETWORK_SYSTEMS], profile, args.workers, out_dir, log=log)
            if rates else {})
+    seeds = seeds_all(profile, args.workers, out_dir, log=log)
     from benchmarks import workload as wl
 
     figures = {s: system_figures(s, runs, args.workers) for s, runs in raw["runs"].items() if runs}
-    errors = {**fixed["errors"], **raw["errors"], **net.get("errors", {})}
+    errors = {**fixed["errors"], **raw["errors"], **net.get("errors", {}), **seeds.get("errors", {})}
     report = {
         "profile": {"name": profile_name, **profile}, "workers": args.workers, "systems": systems,
         "configs": profile.get("max_configs") or len(wl.configurations()),
         "figures": figures, "summary": summarise(figures, sim, args.workers, fixed["figures"]),
         "fixed_cost": fixed["figures"],
-        "network": network_summary(net, figures, args.workers),
-        "unavailable": {**raw["unavailable"], **fixed["unavailable"], **net.get("unavailable", {})}, "errors": errors,
+        "network": network_summary(net, figures, args.workers), "accuracy_seeds": seeds["summary"],
+        "unavailable": {**raw["unavailable"], **fixed["unavailable"], **net.get("unavailable", {}),
+                        **seeds.get("unavailable", {})}, "errors": errors,
         "wall_s": round(time.perf_counter() - started, 1), "host": {"cpus": os.cpu_count()},
     }
     table = markdown(report) + "\n".join([""] + network_lines(report["network"]))
+    if seeds.get("table"):
+        table += "\n\nAccuracy gap over seeds (benchmarks/accuracy_seeds.py):\n\n" + seeds["table"]
     if sim is not None:
         table += "\n\nScheduler simulation (makespan / lower bound; see benchmarks/scheduler_sim.py):\n\n" + sim_table
     report["plots"] = plot(report, out_dir) + ([str(out_dir / "scheduler_sim.png")] if sim is not None else [])
-    summary = {**report["summary"], "network": report["network"], "repeats": profile["repeats"], "profile": profile_name, "workers": args.workers,
+    summary = {**report["summary"], "network": report["network"], "accuracy_seeds": report["accuracy_seeds"],
+               "repeats": profile["repeats"], "profile": profile_name, "workers": args.workers,
                "unavailable": report["unavailable"], "errors": report["errors"], "wall_s": report["wall_s"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out_dir / "results.json").write_text(json.dumps({**report, "raw": raw["runs"]}, indent=1) + "\n")

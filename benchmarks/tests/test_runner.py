@@ -159,3 +159,29 @@ def test_a_failed_or_missing_fixed_cost_run_is_recorded_with_its_reason(monkeypa
         "fixed-cost (torch)": "torch is not installed (python -m benchmarks.setup_baselines)"}
     s = run.summarise({}, None, 2, got["figures"])
     assert s["sub_epoch_fixed_cost_ms"] is None                          # n/a, and the error says why
+
+
+def test_network_runs_repeat_interleaved_and_report_their_spread(monkeypatch, tmp_path):
+    from benchmarks import netem
+
+    calls = []
+
+    def engine(system, jobs, workers, tmp, timeout, log_dir, env=None, log_name=None):
+        calls.append((system, env[netem.ENV]))
+        return {"jobs": [{**_time_job(10.0 + len(calls)), "network": f"emulated {env[netem.ENV]}"}], "wall_s": 1.0}
+
+    monkeypatch.setattr(run, "run_engine", engine)
+    monkeypatch.setattr(run, "prepare_data", lambda root, rows, workers: {"time": "t", "accuracy": "a"})
+    monkeypatch.setattr(netem, "unavailable", lambda: None)
+    monkeypatch.setattr(netem, "engine_unavailable", lambda system: None)
+    profile = {"rows": 1000, "epochs": 1, "repeats": 2, "timeout": 10}
+    net = run.network_all(["10gbit", "1gbit"], ["ddp", "model-averaging"], profile, 2, tmp_path, log=lambda m: None)
+    assert calls == [("ddp", "10gbit"), ("model-averaging", "10gbit"), ("ddp", "1gbit"), ("model-averaging", "1gbit"),
+                     ("model-averaging", "1gbit"), ("ddp", "1gbit"), ("model-averaging", "10gbit"), ("ddp", "10gbit")]
+    ddp = net["runs"]["10gbit"]["ddp"]
+    assert ddp["repeats"] == 2 and ddp["epoch_s_all"] == [11.0, 18.0] and ddp["epoch_s"] == 14.5
+    assert ddp["network"] == "emulated 10gbit"
+    mop = run.system_figures("mop", _runs(5.0), workers=2)
+    table = run.network_summary(net, {"mop": mop}, 2)
+    assert table["10gbit"]["ddp_epoch_s_all"] == [11.0, 18.0]
+    assert "14.5 [11.0-18.0]" in "\n".join(run.network_lines(table))
