@@ -124,10 +124,6 @@ def summarise(curves: dict[str, dict[int, dict[str, list[float]]]], budgets: lis
     return out
 
 
-def _config_key(params: dict) -> str:
-    return ",".join(f"{k}={params[k]}" for k in sorted(params))
-
-
 def run_seeds(n_seeds: int = 5, epochs: int = 10, short: int = 4, workers: int = 2, systems=None,
               out_dir: Path | None = None, log=print, timeout: float = 3600, max_configs: int | None = None) -> dict:
     """Every system over ``n_seeds`` seeds (one engine process per system, one job per seed);
@@ -173,7 +169,7 @@ def run_seeds(n_seeds: int = 5, epochs: int = 10, short: int = 4, workers: int =
                 log(f"#   {system} FAILED: {res['error']}")
                 continue
             report["systems"][system] = {"engine": engine, "workers": p, "wall_s": res["wall_s"]}
-            report["curves"][system] = {seed: {_config_key(c["params"]): c["val_accuracy"] for c in job["configs"]}
+            report["curves"][system] = {seed: {run._config_name(c["params"]): c["val_accuracy"] for c in job["configs"]}
                                         for seed, job in zip(report["seeds"], res["jobs"])}
             best = [max(cs[-1] for cs in report["curves"][system][seed].values()) for seed in report["seeds"]]
             log(f"#   {system}: best final accuracy per seed {[round(b, 4) for b in best]} ({res['wall_s']:.0f} s)")

@@ -19,7 +19,7 @@ def test_accuracy_seeds_pairs_the_systems_by_seed(tmp_path):
     for system in ("sequential", "task-parallel", "mop"):
         curves = report["curves"][system]
         assert set(curves) == {"2020", "2021"}
-        assert all(len(c) == 2 and len(c["batch_size=32,learning_rate=0.001,width=128"]) == 2
+        assert all(len(c) == 2 and len(c["lr=0.001 w=128 b=32"]) == 2
                    for c in curves.values())
     seq = report["curves"]["sequential"]
     assert seq["2020"] != seq["2021"]  # another split, another initialisation
